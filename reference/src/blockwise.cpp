@@ -117,7 +117,7 @@ void block_forward(SeqView<const T> q, SeqView<const T> k, SeqView<const T> v, c
             mt(r) = m_new;
           }
           St.array().colwise() -= ms.array();
-          St = St.array().exp();                                        // P_ij
+          St = detail::exp_flush(St.array());                            // P_ij
           lt = at.cwiseProduct(lt) + St.rowwise().sum();                 // l update
           Ot = at.asDiagonal() * Ot;                                     // rescale old O
           Ot.noalias() += St * Vh.middleRows(j0, cols);                  // O += P_ij V_j
@@ -189,7 +189,7 @@ void block_backward(SeqView<const T> q, SeqView<const T> k, SeqView<const T> v, 
               if (L == neg_inf<T>()) {
                 St.row(r).setZero();
               } else {
-                St.row(r) = (St.row(r).array() - L).exp();
+                St.row(r) = detail::exp_flush(St.row(r).array() - L);
               }
             }
             dVt.noalias() += St.transpose() * dOt;                   // dV_j += P^T dO_i

@@ -39,7 +39,7 @@ detail::Vec<T> softmax_rows(Mat<T>& s) {
       lse(i) = neg_inf<T>();
       continue;
     }
-    s.row(i) = (s.row(i).array() - m).exp();
+    s.row(i) = detail::exp_flush(s.row(i).array() - m);
     const T l = s.row(i).sum();
     s.row(i) /= l;
     lse(i) = m + std::log(l);

@@ -1,0 +1,134 @@
+// ringattn attention --q Q.npy --k K.npy --v V.npy --out O.npy [--lse LSE.npy]
+//     [--impl naive|blockwise|ring] [--causal] [--scale X] [--layout L] [--ranks N]
+//     [--block-q N] [--block-kv N] [--dout dO.npy --dq dQ.npy --dk dK.npy --dv dV.npy]
+#include <iostream>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "cli_io.hpp"
+#include "commands.hpp"
+#include "ringattn/core/error.hpp"
+#include "ringattn/reference/ring.hpp"
+
+namespace ringattn::cli {
+namespace {
+
+enum class Impl { Naive, Blockwise, Ring };
+
+struct AttentionArgs {
+  std::string q, k, v, out, lse, dout, dq, dk, dv;
+  std::string impl_name = "blockwise";
+  Impl impl = Impl::Blockwise;
+  bool causal = false;
+  std::optional<double> scale;
+  std::string layout = "contiguous";
+  int ranks = 4;
+  std::int64_t block_q = ref::AttentionOptions{}.block_q;
+  std::int64_t block_kv = ref::AttentionOptions{}.block_kv;
+  CLI::Option* layout_opt = nullptr;
+  CLI::Option* ranks_opt = nullptr;
+};
+
+template <class T>
+void run_typed(const AttentionArgs& a, const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v,
+               const Tensor<T>* dout, OutputSet& outputs) {
+  ref::RingOptions o;
+  o.causal = a.causal;
+  o.scale = a.scale;
+  o.block_q = a.block_q;
+  o.block_kv = a.block_kv;
+  o.layout = parse_layout(a.layout);
+  o.ranks = a.ranks;
+  const AttentionShape shape = ref::check_qkv(q, k, v);
+  ref::check_options(o);
+  if (a.impl == Impl::Ring) {
+    // Refuse a split the layout cannot make before doing any work.
+    (void)RingSchedule::for_shape(shape, o.layout, o.ranks, o.causal);
+  }
+  if (dout) {
+    require(dout->shape() == q.shape(), a.dout, " is ", shape_string(dout->shape()),
+            " but dO must have Q's shape ", shape_string(q.shape()));
+  }
+
+  ref::ForwardResult<T> fwd;
+  switch (a.impl) {
+    case Impl::Naive: fwd = ref::naive_forward(q, k, v, o); break;
+    case Impl::Blockwise: fwd = ref::blockwise_forward(q, k, v, o); break;
+    case Impl::Ring: fwd = ref::ring_forward(q, k, v, o); break;
+  }
+  outputs.stage(a.out, encode_npy(fwd.out));
+  if (!a.lse.empty()) outputs.stage(a.lse, encode_npy(fwd.lse));
+  if (dout) {
+    ref::Gradients<T> g;
+    switch (a.impl) {
+      case Impl::Naive: g = ref::naive_backward(q, k, v, fwd.out, fwd.lse, *dout, o); break;
+      case Impl::Blockwise: g = ref::blockwise_backward(q, k, v, fwd.out, fwd.lse, *dout, o); break;
+      case Impl::Ring: g = ref::ring_backward(q, k, v, fwd.out, fwd.lse, *dout, o); break;
+    }
+    outputs.stage(a.dq, encode_npy(g.dq));
+    outputs.stage(a.dk, encode_npy(g.dk));
+    outputs.stage(a.dv, encode_npy(g.dv));
+  }
+}
+
+int run(AttentionArgs& a) {
+  a.impl = a.impl_name == "naive" ? Impl::Naive : a.impl_name == "ring" ? Impl::Ring : Impl::Blockwise;
+  if (a.impl != Impl::Ring) {
+    require(a.layout_opt->count() == 0 && a.ranks_opt->count() == 0,
+            "--layout and --ranks apply only to --impl ring");
+  }
+  const int grads = !a.dout.empty() + !a.dq.empty() + !a.dk.empty() + !a.dv.empty();
+  require(grads == 0 || grads == 4,
+          "the backward pass needs all of --dout, --dq, --dk and --dv (got ", grads, " of them)");
+  std::vector<InputFile> inputs = {{"--q", a.q}, {"--k", a.k}, {"--v", a.v}};
+  if (grads) inputs.push_back({"--dout", a.dout});
+  OutputSet outputs;
+  outputs.expect("--out", a.out, inputs);
+  if (!a.lse.empty()) outputs.expect("--lse", a.lse, inputs);
+  if (grads) {
+    outputs.expect("--dq", a.dq, inputs);
+    outputs.expect("--dk", a.dk, inputs);
+    outputs.expect("--dv", a.dv, inputs);
+  }
+  std::vector<AnyTensor> t = load_inputs(inputs);
+  std::visit(
+      [&](const auto& q) {
+        using Tn = std::decay_t<decltype(q)>;
+        const auto* dout = grads ? &std::get<Tn>(t[3]) : nullptr;
+        run_typed(a, q, std::get<Tn>(t[1]), std::get<Tn>(t[2]), dout, outputs);
+      },
+      t[0]);
+  outputs.commit();
+  return 0;
+}
+
+}  // namespace
+
+Runner add_attention_command(CLI::App& app) {
+  auto a = std::make_shared<AttentionArgs>();
+  CLI::App* cmd = app.add_subcommand("attention", "Attention forward (and backward) on .npy files");
+  cmd->add_option("--q", a->q, "queries (B, S_q, H_q, D), float32 or float64")->required();
+  cmd->add_option("--k", a->k, "keys (B, S_kv, H_kv, D)")->required();
+  cmd->add_option("--v", a->v, "values (B, S_kv, H_kv, D)")->required();
+  cmd->add_option("--out", a->out, "output O (B, S_q, H_q, D)")->required();
+  cmd->add_option("--lse", a->lse, "output log-sum-exp (B, H_q, S_q)");
+  cmd->add_option("--impl", a->impl_name, "naive | blockwise | ring")
+      ->check(CLI::IsMember({"naive", "blockwise", "ring"}))
+      ->capture_default_str();
+  cmd->add_flag("--causal", a->causal, "mask keys after the query (queries aligned to the end of the keys)");
+  cmd->add_option("--scale", a->scale, "softmax scale (default 1/sqrt(D))");
+  a->layout_opt = cmd->add_option("--layout", a->layout, "ring layout: contiguous | striped | zigzag")
+                      ->check(CLI::IsMember({"contiguous", "striped", "zigzag"}))
+                      ->capture_default_str();
+  a->ranks_opt = cmd->add_option("--ranks", a->ranks, "ring: number of virtual ranks")->capture_default_str();
+  cmd->add_option("--block-q", a->block_q, "Br: query rows per tile")->capture_default_str();
+  cmd->add_option("--block-kv", a->block_kv, "Bc: key rows per tile")->capture_default_str();
+  cmd->add_option("--dout", a->dout, "backward: upstream gradient dO (Q's shape)");
+  cmd->add_option("--dq", a->dq, "backward: output dQ");
+  cmd->add_option("--dk", a->dk, "backward: output dK");
+  cmd->add_option("--dv", a->dv, "backward: output dV");
+  return [cmd, a] { return cmd->parsed() ? run(*a) : -1; };
+}
+
+}  // namespace ringattn::cli

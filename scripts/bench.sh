@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Builds the CPU benchmarks (Release) and runs them; docs/results.md records what they printed.
+#
+#   scripts/bench.sh                  bench_summary, then the full bench_attention (~1-2 min each)
+#   scripts/bench.sh --summary-only   only bench_summary (the two acceptance ratios, OK/FAILED)
+#   scripts/bench.sh -- ARGS...       extra arguments for bench_attention, e.g.
+#                                     -- --benchmark_filter=blockwise --block_q=128 --block_kv=256
+#
+# Environment (as in scripts/setup.sh): RINGATTN_BUILD_DIR (default build/), RINGATTN_JOBS
+# (default nproc). Timings need an optimized build: if that folder is a Debug or sanitizer
+# build, build-release/ is configured (Release) and used instead.
+# Results: <build>/bench/summary.txt, <build>/bench/bench_attention.txt (console) and
+# <build>/bench/results.json (Google Benchmark JSON, every repetition). The exit status is
+# bench_summary's: 0 when both targets are met.
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+build=${RINGATTN_BUILD_DIR:-$root/build}
+jobs=${RINGATTN_JOBS:-$(nproc)}
+summary_only=0
+bench_args=()
+while [[ $# -gt 0 ]]; do
+  case $1 in
+    --summary-only) summary_only=1; shift ;;
+    --) shift; bench_args=("$@"); break ;;
+    -h|--help) sed -n '2,13p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    *) echo "bench.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
+  esac
+done
+
+cache_value() { sed -n "s/^$1:[A-Z]*=//p" "$build/CMakeCache.txt" 2>/dev/null; }
+
+# Timings only mean something from an optimized, unsanitized build.
+if [[ -f $build/CMakeCache.txt ]]; then
+  type=$(cache_value CMAKE_BUILD_TYPE)
+  if [[ $type != Release && $type != RelWithDebInfo ]] || [[ $(cache_value RINGATTN_SANITIZE) == ON ]] ||
+     [[ $(cache_value RINGATTN_BUILD_BENCH) == OFF ]]; then
+    echo "bench.sh: $build is a '${type:-no type}' build (or sanitized, or without benchmarks);" \
+         "using $root/build-release instead" >&2
+    build=$root/build-release
+  fi
+fi
+if [[ ! -f $build/CMakeCache.txt ]]; then
+  cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release
+fi
+cmake --build "$build" -j"$jobs" --target bench_attention bench_summary
+
+bin=$build/bin
+out=$build/bench
+mkdir -p "$out"
+echo "== load before the run: $(uptime)"
+echo "== bench_summary"
+status=0
+"$bin/bench_summary" | tee "$out/summary.txt" || status=$?
+if [[ $summary_only == 0 ]]; then
+  echo "== bench_attention"
+  "$bin/bench_attention" --benchmark_format=console \
+    --benchmark_out="$out/results.json" --benchmark_out_format=json \
+    "${bench_args[@]}" | tee "$out/bench_attention.txt"
+fi
+echo "== load after the run: $(uptime)"
+echo "== results:"
+echo "   $out/summary.txt"
+if [[ $summary_only == 0 ]]; then
+  echo "   $out/bench_attention.txt"
+  echo "   $out/results.json"
+fi
+exit "$status"

@@ -1,0 +1,288 @@
+// The command line as a user drives it: every --impl/--layout/--ranks combination against the
+// in-process naive result, and every kind of bad input: a non-zero exit, exactly one line on
+// stderr, and no output file.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <sstream>
+#include <string>
+
+#include "ringattn/core/npy.hpp"
+#include "ringattn/reference/attention.hpp"
+
+namespace fs = std::filesystem;
+using namespace ringattn;
+
+namespace {
+
+struct CliRun {
+  int code = 0;
+  std::string err;
+};
+
+class CliTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+    std::string name = std::string(info->test_suite_name()) + "_" + info->name();
+    for (char& c : name) {
+      if (!std::isalnum(static_cast<unsigned char>(c))) c = '_';
+    }
+    dir_ = fs::temp_directory_path() / ("ringattn_cli_" + name + "_" + std::to_string(::getpid()));
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  std::string path(const std::string& f) const { return (dir_ / f).string(); }
+
+  CliRun run(const std::string& args) const {
+    const std::string err = path("stderr.txt");
+    const std::string cmd = std::string(RINGATTN_CLI) + " " + args + " >/dev/null 2>" + err;
+    const int status = std::system(cmd.c_str());
+    CliRun r;
+    r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    std::ifstream in(err);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    r.err = ss.str();
+    fs::remove(err);
+    return r;
+  }
+
+  template <class T>
+  Tensor<T> random(std::vector<std::int64_t> shape, double mul = 1.0) {
+    Tensor<T> t(std::move(shape));
+    std::normal_distribution<double> n;
+    for (auto& x : t.values()) x = static_cast<T>(mul * n(gen_));
+    return t;
+  }
+
+  // Files in the folder other than the inputs the test wrote.
+  std::vector<std::string> outputs_present(const std::vector<std::string>& inputs) const {
+    std::vector<std::string> out;
+    for (const auto& e : fs::directory_iterator(dir_)) {
+      const std::string n = e.path().filename().string();
+      if (std::find(inputs.begin(), inputs.end(), n) == inputs.end()) out.push_back(n);
+    }
+    return out;
+  }
+
+  fs::path dir_;
+  std::mt19937_64 gen_{std::random_device{}()};
+};
+
+::testing::AssertionResult Near(const Tensor<double>& got, const Tensor<double>& want, double tol) {
+  if (got.shape() != want.shape()) {
+    return ::testing::AssertionFailure() << "shape " << shape_string(got.shape()) << " != "
+                                         << shape_string(want.shape());
+  }
+  for (std::int64_t i = 0; i < got.size(); ++i) {
+    const bool both_inf = std::isinf(got[i]) && got[i] == want[i];
+    if (!both_inf && !(std::abs(got[i] - want[i]) <= tol)) {
+      return ::testing::AssertionFailure() << "element " << i << ": " << got[i] << " vs " << want[i];
+    }
+  }
+  return ::testing::AssertionSuccess();
+}
+
+::testing::AssertionResult OneLineError(const CliRun& r) {
+  if (r.code == 0) return ::testing::AssertionFailure() << "exit code 0, stderr: " << r.err;
+  if (r.code >= 128) return ::testing::AssertionFailure() << "crashed (" << r.code << "): " << r.err;
+  const auto lines = std::count(r.err.begin(), r.err.end(), '\n');
+  if (lines != 1 || r.err.rfind("ringattn: error: ", 0) != 0) {
+    return ::testing::AssertionFailure() << "expected one 'ringattn: error:' line, got: [" << r.err << "]";
+  }
+  return ::testing::AssertionSuccess() << r.err;
+}
+
+// ---- good runs: every impl, layout and rank count against the in-process naive result ----------
+
+struct GoodCase {
+  std::string impl;
+  std::string layout;
+  int ranks;
+  bool causal;
+};
+
+void PrintTo(const GoodCase& c, std::ostream* os) {
+  *os << c.impl << " " << c.layout << " x" << c.ranks << (c.causal ? " causal" : "");
+}
+
+class CliAgrees : public CliTest, public ::testing::WithParamInterface<GoodCase> {};
+
+TEST_P(CliAgrees, ForwardAndBackwardMatchNaiveFloat64) {
+  const GoodCase c = GetParam();
+  // Odd lengths, GQA, S_q != S_kv for the non-ring impls.
+  const std::int64_t sq = c.impl == "ring" ? 37 : 29, skv = 37;
+  const auto q = random<double>({2, sq, 4, 16}), k = random<double>({2, skv, 2, 16}),
+             v = random<double>({2, skv, 2, 16}), dout = random<double>({2, sq, 4, 16});
+  save_npy(path("q.npy"), q);
+  save_npy(path("k.npy"), k);
+  save_npy(path("v.npy"), v);
+  save_npy(path("do.npy"), dout);
+  std::string args = "attention --q " + path("q.npy") + " --k " + path("k.npy") + " --v " + path("v.npy") +
+                     " --out " + path("o.npy") + " --lse " + path("lse.npy") + " --dout " + path("do.npy") +
+                     " --dq " + path("dq.npy") + " --dk " + path("dk.npy") + " --dv " + path("dv.npy") +
+                     " --impl " + c.impl + (c.causal ? " --causal" : "") + " --block-q 5 --block-kv 7";
+  if (c.impl == "ring") args += " --layout " + c.layout + " --ranks " + std::to_string(c.ranks);
+  const CliRun r = run(args);
+  ASSERT_EQ(r.code, 0) << r.err;
+  ref::AttentionOptions o;
+  o.causal = c.causal;
+  const auto want = ref::naive_forward(q, k, v, o);
+  const auto g = ref::naive_backward(q, k, v, want.out, want.lse, dout, o);
+  EXPECT_TRUE(Near(load_npy_as<double>(path("o.npy")), want.out, 1e-12));
+  EXPECT_TRUE(Near(load_npy_as<double>(path("lse.npy")), want.lse, 1e-12));
+  EXPECT_TRUE(Near(load_npy_as<double>(path("dq.npy")), g.dq, 1e-12));
+  EXPECT_TRUE(Near(load_npy_as<double>(path("dk.npy")), g.dk, 1e-12));
+  EXPECT_TRUE(Near(load_npy_as<double>(path("dv.npy")), g.dv, 1e-12));
+}
+
+std::vector<GoodCase> good_cases() {
+  std::vector<GoodCase> v;
+  for (bool causal : {false, true}) {
+    v.push_back({"naive", "", 0, causal});
+    v.push_back({"blockwise", "", 0, causal});
+    for (const char* layout : {"contiguous", "striped", "zigzag"}) {
+      for (int n : {1, 2, 3, 4, 8}) {
+        if (std::string(layout) == "zigzag" && 2 * n > 37) continue;
+        v.push_back({"ring", layout, n, causal});
+      }
+    }
+  }
+  return v;
+}
+
+INSTANTIATE_TEST_SUITE_P(AllPaths, CliAgrees, ::testing::ValuesIn(good_cases()),
+                         [](const ::testing::TestParamInfo<GoodCase>& i) {
+                           std::string n = i.param.impl;
+                           if (!i.param.layout.empty()) n += "_" + i.param.layout + "_" + std::to_string(i.param.ranks);
+                           return n + (i.param.causal ? "_causal" : "_full");
+                         });
+
+TEST_F(CliTest, DecodeMatchesNaive) {
+  const auto q = random<double>({2, 1, 8, 16}), k = random<double>({2, 301, 2, 16}), v = random<double>({2, 301, 2, 16});
+  save_npy(path("q.npy"), q);
+  save_npy(path("k.npy"), k);
+  save_npy(path("v.npy"), v);
+  for (int splits : {1, 7, 301, 400}) {
+    for (bool causal : {false, true}) {
+      const CliRun r = run("decode --q " + path("q.npy") + " --k " + path("k.npy") + " --v " + path("v.npy") +
+                        " --splits " + std::to_string(splits) + " --out " + path("o.npy") + " --lse " +
+                        path("lse.npy") + (causal ? " --causal" : ""));
+      ASSERT_EQ(r.code, 0) << r.err;
+      ref::AttentionOptions o;
+      o.causal = causal;
+      const auto want = ref::naive_forward(q, k, v, o);
+      EXPECT_TRUE(Near(load_npy_as<double>(path("o.npy")), want.out, 1e-12)) << splits;
+      EXPECT_TRUE(Near(load_npy_as<double>(path("lse.npy")), want.lse, 1e-12)) << splits;
+    }
+  }
+}
+
+TEST_F(CliTest, Float32InputsGiveFloat32Outputs) {
+  save_npy(path("q.npy"), random<float>({1, 16, 2, 8}));
+  save_npy(path("k.npy"), random<float>({1, 16, 2, 8}));
+  save_npy(path("v.npy"), random<float>({1, 16, 2, 8}));
+  const CliRun r = run("attention --impl ring --layout zigzag --ranks 2 --causal --q " + path("q.npy") + " --k " +
+                    path("k.npy") + " --v " + path("v.npy") + " --out " + path("o.npy"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(dtype_of(load_npy(path("o.npy"))), DType::Float32);
+}
+
+// ---- bad input: one line, non-zero exit, no output file ----------------------------------------
+
+struct BadCase {
+  std::string name;
+  std::string args;  // {d} is replaced by the folder
+  std::string expect;  // a fragment the message must contain
+};
+
+void PrintTo(const BadCase& c, std::ostream* os) { *os << c.name; }
+
+class CliRejects : public CliTest, public ::testing::WithParamInterface<BadCase> {
+ protected:
+  void write_inputs() {
+    save_npy(path("q.npy"), random<double>({1, 16, 4, 8}));
+    save_npy(path("k.npy"), random<double>({1, 16, 2, 8}));
+    save_npy(path("v.npy"), random<double>({1, 16, 2, 8}));
+    save_npy(path("do.npy"), random<double>({1, 16, 4, 8}));
+    save_npy(path("q32.npy"), random<float>({1, 16, 4, 8}));
+    save_npy(path("q3d.npy"), random<double>({16, 4, 8}));
+    save_npy(path("q3h.npy"), random<double>({1, 16, 3, 8}));
+    save_npy(path("qd4.npy"), random<double>({1, 16, 4, 4}));
+    save_npy(path("q0.npy"), random<double>({1, 0, 4, 8}));
+    save_npy(path("k17.npy"), random<double>({1, 17, 2, 8}));
+    save_npy(path("k5.npy"), random<double>({1, 5, 2, 8}));
+    save_npy(path("v5.npy"), random<double>({1, 5, 2, 8}));
+    auto nan = random<double>({1, 16, 2, 8});
+    nan[37] = std::nan("");
+    save_npy(path("knan.npy"), nan);
+    auto inf = random<double>({1, 16, 4, 8});
+    inf[5] = INFINITY;
+    save_npy(path("qinf.npy"), inf);
+    // A truncated file and a file that is not .npy at all.
+    auto bytes = encode_npy(random<double>({1, 16, 4, 8}));
+    bytes.resize(bytes.size() - 9);
+    std::ofstream(path("trunc.npy"), std::ios::binary).write(reinterpret_cast<const char*>(bytes.data()),
+                                                             static_cast<std::streamsize>(bytes.size()));
+    std::ofstream(path("text.npy")) << "not a numpy file\n";
+    fs::create_directories(dir_ / "adir.npy");
+  }
+};
+
+TEST_P(CliRejects, OneLineNoOutput) {
+  write_inputs();
+  std::vector<std::string> inputs;
+  for (const auto& e : fs::directory_iterator(dir_)) inputs.push_back(e.path().filename().string());
+  std::string args = GetParam().args;
+  for (std::size_t p; (p = args.find("{d}")) != std::string::npos;) args.replace(p, 3, dir_.string());
+  const CliRun r = run(args);
+  EXPECT_TRUE(OneLineError(r));
+  EXPECT_NE(r.err.find(GetParam().expect), std::string::npos) << "message: " << r.err;
+  EXPECT_EQ(outputs_present(inputs), std::vector<std::string>{});
+}
+
+const std::string kQKV = " --q {d}/q.npy --k {d}/k.npy --v {d}/v.npy --out {d}/o.npy --lse {d}/lse.npy";
+const std::string kBwd = " --dout {d}/do.npy --dq {d}/dq.npy --dk {d}/dk.npy --dv {d}/dv.npy";
+
+INSTANTIATE_TEST_SUITE_P(
+    BadInput, CliRejects,
+    ::testing::Values(
+        BadCase{"MissingFile", "attention --q {d}/nope.npy --k {d}/k.npy --v {d}/v.npy --out {d}/o.npy", "nope.npy"},
+        BadCase{"Directory", "attention --q {d}/adir.npy --k {d}/k.npy --v {d}/v.npy --out {d}/o.npy", "adir.npy"},
+        BadCase{"Truncated", "attention --q {d}/trunc.npy --k {d}/k.npy --v {d}/v.npy --out {d}/o.npy", "trunc.npy"},
+        BadCase{"NotNpy", "attention --q {d}/text.npy --k {d}/k.npy --v {d}/v.npy --out {d}/o.npy", "text.npy"},
+        BadCase{"MixedDtype", "attention --q {d}/q32.npy --k {d}/k.npy --v {d}/v.npy --out {d}/o.npy", "same dtype"},
+        BadCase{"Rank3", "attention --q {d}/q3d.npy --k {d}/k.npy --v {d}/v.npy --out {d}/o.npy", "(B, S_q, H_q, D)"},
+        BadCase{"HeadsNotMultiple", "attention --q {d}/q3h.npy --k {d}/k.npy --v {d}/v.npy --out {d}/o.npy", "multiple of H_kv"},
+        BadCase{"HeadDimMismatch", "attention --q {d}/qd4.npy --k {d}/k.npy --v {d}/v.npy --out {d}/o.npy", "head dim"},
+        BadCase{"KVMismatch", "attention --q {d}/q.npy --k {d}/k17.npy --v {d}/v.npy --out {d}/o.npy", "same shape"},
+        BadCase{"ZeroDim", "attention --q {d}/q0.npy --k {d}/k.npy --v {d}/v.npy --out {d}/o.npy", "at least 1"},
+        BadCase{"NaN", "attention --q {d}/q.npy --k {d}/knan.npy --v {d}/v.npy --out {d}/o.npy", "non-finite"},
+        BadCase{"Inf", "attention --q {d}/qinf.npy --k {d}/k.npy --v {d}/v.npy --out {d}/o.npy", "non-finite"},
+        BadCase{"ZigzagTooShort", "attention --impl ring --layout zigzag --ranks 3 --q {d}/q.npy --k {d}/k5.npy --v {d}/v5.npy --out {d}/o.npy", "at least 6 tokens"},
+        BadCase{"ZeroRanks", "attention --impl ring --ranks 0" + kQKV, "at least 1 rank"},
+        BadCase{"LayoutWithoutRing", "attention --layout zigzag" + kQKV, "only to --impl ring"},
+        BadCase{"UnknownLayout", "attention --impl ring --layout zig-zag" + kQKV, "zig-zag"},
+        BadCase{"UnknownImpl", "attention --impl fast" + kQKV, "fast"},
+        BadCase{"PartialBackward", "attention --dout {d}/do.npy --dq {d}/dq.npy" + kQKV, "all of --dout"},
+        BadCase{"DoutWrongShape", "attention --q {d}/q.npy --k {d}/k.npy --v {d}/v.npy --out {d}/o.npy --dout {d}/k.npy --dq {d}/dq.npy --dk {d}/dk.npy --dv {d}/dv.npy", "Q's shape"},
+        BadCase{"NegativeScale", "attention --scale -1" + kQKV, "scale"},
+        BadCase{"NanScale", "attention --scale nan" + kQKV, "scale"},
+        BadCase{"ZeroBlock", "attention --block-q 0" + kQKV, "block_q"},
+        BadCase{"OutputFolderMissing", "attention --q {d}/q.npy --k {d}/k.npy --v {d}/v.npy --out {d}/no/such/o.npy", "does not exist"},
+        BadCase{"OutputOverwritesInput", "attention --q {d}/q.npy --k {d}/k.npy --v {d}/v.npy --out {d}/k.npy", "overwrite"},
+        BadCase{"SameOutputTwice", "attention --q {d}/q.npy --k {d}/k.npy --v {d}/v.npy --out {d}/o.npy --lse {d}/o.npy", "own file"},
+        BadCase{"MissingRequired", "attention --q {d}/q.npy --k {d}/k.npy --out {d}/o.npy", "--v"},
+        BadCase{"DecodeZeroSplits", "decode --q {d}/q.npy --k {d}/k.npy --v {d}/v.npy --splits 0 --out {d}/o.npy", "splits"},
+        BadCase{"DecodeBadSplits", "decode --q {d}/q.npy --k {d}/k.npy --v {d}/v.npy --splits two --out {d}/o.npy", "splits"},
+        BadCase{"NoSubcommand", "", "subcommand"}),
+    [](const ::testing::TestParamInfo<BadCase>& i) { return i.param.name; });
+
+}  // namespace
