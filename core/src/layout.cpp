@@ -11,14 +11,6 @@ namespace {
 // Balanced: lengths differ by at most one, and equal m | s gives the usual s/m chunks.
 std::int64_t chunk_begin(std::int64_t k, std::int64_t m, std::int64_t s) { return k * s / m; }
 
-// The chunk holding position p: the largest k with chunk_begin(k) <= p.
-std::int64_t chunk_of(std::int64_t p, std::int64_t m, std::int64_t s) {
-  std::int64_t k = std::min(m - 1, p * m / s);
-  while (k > 0 && chunk_begin(k, m, s) > p) --k;
-  while (k + 1 < m && chunk_begin(k + 1, m, s) <= p) ++k;
-  return k;
-}
-
 }  // namespace
 
 std::string_view to_string(Layout layout) {
@@ -63,15 +55,39 @@ SequenceLayout::SequenceLayout(Layout kind, std::int64_t seq_len, int ranks)
       case Layout::Striped:
         segs.push_back({r, n, (seq_len - r + n - 1) / n, 0});
         break;
-      case Layout::Zigzag: {
-        const std::int64_t lo = r, hi = 2 * n - 1 - r;
-        const std::int64_t b0 = chunk_begin(lo, chunks, seq_len), e0 = chunk_begin(lo + 1, chunks, seq_len);
-        const std::int64_t b1 = chunk_begin(hi, chunks, seq_len), e1 = chunk_begin(hi + 1, chunks, seq_len);
-        segs.push_back({b0, 1, e0 - b0, 0});
-        segs.push_back({b1, 1, e1 - b1, e0 - b0});
-        break;
-      }
+      case Layout::Zigzag:
+        break;  // below: the chunk boundaries depend on every rank's length
     }
+  }
+  if (kind == Layout::Zigzag) {
+    // Rank r holds L_r = (balanced share of S) tokens: a front chunk of floor(L_r/2) and a back
+    // chunk of the rest. Front chunks are laid out in rank order from position 0, back chunks in
+    // reverse rank order after them, so rank r holds chunks r and 2N-1-r of 2N. With 2N | S this
+    // is the usual split into 2N equal chunks; otherwise shard lengths still differ by at most 1.
+    std::vector<std::int64_t> front(static_cast<std::size_t>(n)), back(static_cast<std::size_t>(n));
+    for (int r = 0; r < ranks; ++r) {
+      const std::int64_t len = chunk_begin(r + 1, n, seq_len) - chunk_begin(r, n, seq_len);
+      front[static_cast<std::size_t>(r)] = len / 2;
+      back[static_cast<std::size_t>(r)] = len - len / 2;
+    }
+    std::int64_t pos = 0;
+    for (int r = 0; r < ranks; ++r) {
+      const std::int64_t f = front[static_cast<std::size_t>(r)];
+      segments_[static_cast<std::size_t>(r)].push_back({pos, 1, f, 0});
+      pos += f;
+    }
+    for (int r = ranks - 1; r >= 0; --r) {
+      const std::int64_t f = front[static_cast<std::size_t>(r)], b = back[static_cast<std::size_t>(r)];
+      segments_[static_cast<std::size_t>(r)].push_back({pos, 1, b, f});
+      pos += b;
+    }
+  }
+  if (kind != Layout::Striped) {
+    // Every stride-1 run, sorted by start, for locate().
+    for (int r = 0; r < ranks; ++r) {
+      for (const Segment& seg : segments_[static_cast<std::size_t>(r)]) runs_.push_back({seg.start, r, seg.local_begin});
+    }
+    std::sort(runs_.begin(), runs_.end(), [](const Run& a, const Run& b) { return a.start < b.start; });
   }
 }
 
@@ -79,10 +95,7 @@ void SequenceLayout::check_rank(int rank) const {
   require(rank >= 0 && rank < ranks_, "rank ", rank, " is out of range for a ring of ", ranks_);
 }
 
-bool SequenceLayout::even() const {
-  const std::int64_t chunks = kind_ == Layout::Zigzag ? 2 * ranks_ : ranks_;
-  return seq_len_ % chunks == 0;
-}
+bool SequenceLayout::even() const { return seq_len_ % ranks_ == 0; }
 
 std::int64_t SequenceLayout::shard_length(int rank) const {
   std::int64_t n = 0;
@@ -113,23 +126,12 @@ std::int64_t SequenceLayout::position(int rank, std::int64_t index) const {
 
 LocalIndex SequenceLayout::locate(std::int64_t p) const {
   require(p >= 0 && p < seq_len_, "position ", p, " is outside the sequence of ", seq_len_, " tokens");
-  const std::int64_t n = ranks_;
-  switch (kind_) {
-    case Layout::Contiguous: {
-      const std::int64_t k = chunk_of(p, n, seq_len_);
-      return {static_cast<int>(k), p - chunk_begin(k, n, seq_len_)};
-    }
-    case Layout::Striped:
-      return {static_cast<int>(p % n), p / n};
-    case Layout::Zigzag: {
-      const std::int64_t k = chunk_of(p, 2 * n, seq_len_);
-      const std::int64_t offset = p - chunk_begin(k, 2 * n, seq_len_);
-      if (k < n) return {static_cast<int>(k), offset};
-      const int r = static_cast<int>(2 * n - 1 - k);
-      return {r, segments(r)[1].local_begin + offset};
-    }
-  }
-  fail("unknown layout");
+  if (kind_ == Layout::Striped) return {static_cast<int>(p % ranks_), p / ranks_};
+  // The last run that starts at or before p holds it (runs tile the sequence).
+  const auto it = std::upper_bound(runs_.begin(), runs_.end(), p,
+                                   [](std::int64_t x, const Run& run) { return x < run.start; });
+  const Run& run = *(it - 1);
+  return {run.rank, run.local_begin + (p - run.start)};
 }
 
 std::vector<std::int64_t> SequenceLayout::positions(int rank) const {

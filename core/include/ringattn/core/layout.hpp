@@ -1,11 +1,12 @@
 /// @file layout.hpp
 /// @brief SequenceLayout: how a sequence of S tokens is split over N ranks, both directions.
 ///
-/// Three layouts, each defined for any S >= the number of chunks (uneven shards allowed; chunk
-/// k of M covers [floor(k*S/M), floor((k+1)*S/M)), so shard lengths differ by at most one):
-/// - contiguous: M = N chunks, rank r holds chunk r;
+/// Three layouts, each defined for any S >= the number of chunks, with uneven shards allowed:
+/// rank r holds L_r = floor((r+1)*S/N) - floor(r*S/N) tokens, so lengths differ by at most one.
+/// - contiguous: rank r holds the r-th run of L_r tokens;
 /// - striped:    rank r holds positions r, r+N, r+2N, ... (Striped Attention);
-/// - zigzag:     M = 2N chunks, rank r holds chunks r and 2N-1-r, in that order.
+/// - zigzag:     the sequence is cut into 2N chunks and rank r holds chunks r and 2N-1-r, in
+///               that order, of floor(L_r/2) and ceil(L_r/2) tokens (2N equal chunks when 2N | S).
 /// A rank's shard is a list of Segments: runs of positions start, start+stride, ... that sit
 /// one after another in the rank's local buffer. Every kernel takes (offset, stride) positions,
 /// so every layout maps onto the same kernels.
@@ -60,7 +61,7 @@ class SequenceLayout {
   [[nodiscard]] Layout kind() const { return kind_; }             ///< the layout
   [[nodiscard]] std::int64_t seq_len() const { return seq_len_; } ///< S
   [[nodiscard]] int ranks() const { return ranks_; }              ///< N
-  /// True when every shard has the same length.
+  /// True when every shard has the same length (N divides S).
   [[nodiscard]] bool even() const;
   /// Number of tokens rank r holds.
   [[nodiscard]] std::int64_t shard_length(int rank) const;
@@ -77,10 +78,16 @@ class SequenceLayout {
 
  private:
   void check_rank(int rank) const;
+  struct Run {  // a stride-1 segment, for locate()
+    std::int64_t start;
+    int rank;
+    std::int64_t local_begin;
+  };
   Layout kind_;
   std::int64_t seq_len_;
   int ranks_;
   std::vector<std::vector<Segment>> segments_;  // per rank
+  std::vector<Run> runs_;                       // contiguous and zigzag: every run, by start
 };
 
 }  // namespace ringattn

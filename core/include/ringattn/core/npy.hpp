@@ -3,9 +3,11 @@
 ///
 /// Supported: format versions 1.0, 2.0 and 3.0; little-endian float32 ('<f4') and float64
 /// ('<f8'); C order; any rank. Everything else (big-endian, other dtypes, Fortran order, a
-/// header that does not parse, a file shorter or longer than its header says) is a
-/// ringattn::Error whose one-line message names the file and the problem. Writes go to a
-/// temporary file that is renamed into place, so a failed write never leaves a partial file.
+/// header that does not parse or is over 16 MiB, a file shorter or longer than its header says,
+/// a path that is not a regular file) is a ringattn::Error whose one-line message names the file
+/// and the problem. The declared size is checked against the file before anything is allocated.
+/// Writes go to a temporary file that is renamed into place, so a failed write never leaves a
+/// partial file. POSIX only.
 #pragma once
 
 #include <cstddef>
@@ -25,13 +27,13 @@ enum class DType { Float32, Float64 };
 
 /// "float32" or "float64".
 [[nodiscard]] std::string_view to_string(DType dtype);
-/// Parses "float32"/"f32" or "float64"/"f64"; throws ringattn::Error otherwise.
+/// Parses "float32"/"f32"/"fp32" or "float64"/"f64"/"fp64"; throws ringattn::Error otherwise.
 [[nodiscard]] DType parse_dtype(std::string_view name);
 /// 4 or 8.
 [[nodiscard]] int dtype_bytes(DType dtype);
-/// The DType of float or double.
+/// The DType of float or double (other types do not compile).
 template <class T>
-constexpr DType dtype_of();
+constexpr DType dtype_of() = delete;
 /// float32
 template <>
 constexpr DType dtype_of<float>() { return DType::Float32; }
@@ -55,7 +57,8 @@ using AnyTensor = std::variant<Tensor<float>, Tensor<double>>;
 template <class T>
 [[nodiscard]] Tensor<T> load_npy_as(const std::string& path);
 
-/// The bytes of a .npy file (version 1.0, C order, little-endian) holding @p t.
+/// The bytes of a .npy file holding @p t: C order, little-endian, byte for byte what
+/// numpy.save (numpy >= 1.24) writes (version 1.0, or 2.0 when the header exceeds 65535 bytes).
 template <class T>
 [[nodiscard]] std::vector<std::byte> encode_npy(const Tensor<T>& t);
 /// Writes @p t to @p path atomically (temporary file in the same folder, then rename).

@@ -1,0 +1,440 @@
+// Tests of the ring schedule: ownership rotation, mask classes against brute force over global
+// positions, total visible work, causal load balance of the layouts.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <set>
+#include <string>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include "common/check.hpp"
+#include "ringattn/core/error.hpp"
+#include "ringattn/core/layout.hpp"
+#include "ringattn/core/schedule.hpp"
+#include "ringattn/core/shape.hpp"
+
+namespace {
+
+using ringattn::AttentionShape;
+using ringattn::Layout;
+using ringattn::MaskClass;
+using ringattn::PairWork;
+using ringattn::Positions;
+using ringattn::RingSchedule;
+using ringattn::SequenceLayout;
+using ringattn::StepWork;
+using ringattn::test::ThrowsError;
+
+AttentionShape make_shape(std::int64_t b, std::int64_t sq, std::int64_t skv, std::int64_t hq,
+                          std::int64_t hkv, std::int64_t d) {
+  AttentionShape s;
+  s.batch = b;
+  s.seq_q = sq;
+  s.seq_kv = skv;
+  s.heads_q = hq;
+  s.heads_kv = hkv;
+  s.head_dim = d;
+  return s;
+}
+
+std::int64_t chunks(Layout kind, int n) { return kind == Layout::Zigzag ? 2 * n : n; }
+
+// Brute force: number of pairs with key position <= query position (all pairs if not causal).
+std::int64_t brute_visible(Positions q, std::int64_t ql, Positions k, std::int64_t kl,
+                           bool causal) {
+  std::int64_t c = 0;
+  for (std::int64_t i = 0; i < ql; ++i) {
+    for (std::int64_t j = 0; j < kl; ++j) c += (!causal || k.at(j) <= q.at(i)) ? 1 : 0;
+  }
+  return c;
+}
+
+// True when the visible pattern is exactly "key j visible iff j <= i".
+bool diagonal_pattern(Positions q, std::int64_t ql, Positions k, std::int64_t kl) {
+  if (ql != kl) return false;
+  for (std::int64_t i = 0; i < ql; ++i) {
+    for (std::int64_t j = 0; j < kl; ++j) {
+      if ((k.at(j) <= q.at(i)) != (j <= i)) return false;
+    }
+  }
+  return true;
+}
+
+// The mask class must agree with the brute-force visibility of the pair.
+::testing::AssertionResult MaskConsistent(MaskClass mask, Positions q, std::int64_t ql,
+                                          Positions k, std::int64_t kl, bool causal) {
+  const std::int64_t vis = brute_visible(q, ql, k, kl, causal);
+  const std::int64_t all = ql * kl;
+  auto fail = [&](const char* why) {
+    return ::testing::AssertionFailure()
+           << why << ": mask " << ringattn::to_string(mask) << ", q {offset " << q.offset
+           << ", stride " << q.stride << ", len " << ql << "}, k {offset " << k.offset
+           << ", stride " << k.stride << ", len " << kl << "}, causal " << causal << ", visible "
+           << vis << " of " << all;
+  };
+  if (!causal && mask != MaskClass::Full) return fail("non-causal pair not Full");
+  if ((vis == 0) != (mask == MaskClass::Skip)) return fail("Skip iff nothing visible");
+  if (mask == MaskClass::Full && vis != all) return fail("Full but not all visible");
+  if (mask == MaskClass::CausalDiagonal && !diagonal_pattern(q, ql, k, kl)) {
+    return fail("CausalDiagonal but pattern is not j <= i");
+  }
+  if (mask == MaskClass::OffsetCausal && !(vis > 0 && vis < all)) {
+    return fail("OffsetCausal must have some but not all pairs visible");
+  }
+  if (vis == all && all > 1 && mask != MaskClass::Full) return fail("all visible but not Full");
+  if (causal && q == k && ql == kl && ql >= 2 && mask != MaskClass::CausalDiagonal) {
+    return fail("same positions must be CausalDiagonal");
+  }
+  return ::testing::AssertionSuccess();
+}
+
+TEST(ClassifyMask, AgreesWithBruteForceOnSmallRuns) {
+  int checked = 0;
+  for (bool causal : {false, true}) {
+    for (std::int64_t qo = -4; qo <= 6; ++qo) {
+      for (std::int64_t qs = 1; qs <= 3; ++qs) {
+        for (std::int64_t ql = 1; ql <= 4; ++ql) {
+          for (std::int64_t ko = -2; ko <= 5; ++ko) {
+            for (std::int64_t ks = 1; ks <= 3; ++ks) {
+              for (std::int64_t kl = 1; kl <= 4; ++kl) {
+                const Positions q{qo, qs};
+                const Positions k{ko, ks};
+                const std::int64_t want = brute_visible(q, ql, k, kl, causal);
+                ASSERT_EQ(ringattn::visible_pairs(q, ql, k, kl, causal), want)
+                    << "q {" << qo << "," << qs << "," << ql << "} k {" << ko << "," << ks << ","
+                    << kl << "} causal " << causal;
+                ASSERT_TRUE(MaskConsistent(ringattn::classify_mask(q, ql, k, kl, causal), q, ql,
+                                           k, kl, causal));
+                ++checked;
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+  EXPECT_GT(checked, 10000);
+}
+
+TEST(ClassifyMask, HandCases) {
+  // Same positions: the diagonal.
+  EXPECT_EQ(ringattn::classify_mask({0, 1}, 4, {0, 1}, 4, true), MaskClass::CausalDiagonal);
+  EXPECT_EQ(ringattn::visible_pairs({0, 1}, 4, {0, 1}, 4, true), 10);
+  // Keys entirely before queries: Full; after: Skip.
+  EXPECT_EQ(ringattn::classify_mask({8, 1}, 4, {0, 1}, 4, true), MaskClass::Full);
+  EXPECT_EQ(ringattn::classify_mask({0, 1}, 4, {8, 1}, 4, true), MaskClass::Skip);
+  EXPECT_EQ(ringattn::visible_pairs({0, 1}, 4, {8, 1}, 4, true), 0);
+  // Not causal: always Full.
+  EXPECT_EQ(ringattn::classify_mask({0, 1}, 4, {8, 1}, 4, false), MaskClass::Full);
+  EXPECT_EQ(ringattn::visible_pairs({0, 1}, 4, {8, 1}, 3, false), 12);
+  // Shifted by 2: query i at 2+i sees keys 0..2+i.
+  EXPECT_EQ(ringattn::classify_mask({2, 1}, 4, {0, 1}, 6, true), MaskClass::OffsetCausal);
+  EXPECT_EQ(ringattn::visible_pairs({2, 1}, 4, {0, 1}, 6, true), 3 + 4 + 5 + 6);
+}
+
+TEST(MaskClass, Names) {
+  EXPECT_EQ(ringattn::to_string(MaskClass::Full), "full");
+  EXPECT_EQ(ringattn::to_string(MaskClass::CausalDiagonal), "causal-diagonal");
+  EXPECT_EQ(ringattn::to_string(MaskClass::OffsetCausal), "offset-causal");
+  EXPECT_EQ(ringattn::to_string(MaskClass::Skip), "skip");
+}
+
+TEST(RingSchedule, KvOwnerAndNeighbours) {
+  for (int n = 1; n <= 8; ++n) {
+    for (int r = 0; r < n; ++r) {
+      EXPECT_EQ(RingSchedule::next_rank(r, n), (r + 1) % n);
+      EXPECT_EQ(RingSchedule::prev_rank(r, n), (r - 1 + n) % n);
+      for (int s = 0; s < n; ++s) {
+        EXPECT_EQ(RingSchedule::kv_owner(r, s, n), ((r - s) % n + n) % n)
+            << "rank " << r << " step " << s << " N " << n;
+      }
+    }
+  }
+  EXPECT_EQ(RingSchedule::kv_owner(0, 1, 4), 3);
+  EXPECT_EQ(RingSchedule::kv_owner(2, 3, 4), 3);
+}
+
+TEST(RingSchedule, ConstructorRejectsDisagreeingLayouts) {
+  EXPECT_TRUE(ThrowsError([] {
+    RingSchedule(SequenceLayout(Layout::Contiguous, 16, 4), SequenceLayout(Layout::Striped, 16, 4),
+                 true, 0);
+  }));
+  EXPECT_TRUE(ThrowsError([] {
+    RingSchedule(SequenceLayout(Layout::Zigzag, 16, 4), SequenceLayout(Layout::Zigzag, 16, 2),
+                 true, 0);
+  }));
+}
+
+TEST(RingSchedule, ForShapeRejectsTooShortSequences) {
+  EXPECT_TRUE(ThrowsError(
+      [] { (void)RingSchedule::for_shape(make_shape(1, 7, 7, 1, 1, 8), Layout::Zigzag, 4, true); }));
+  EXPECT_TRUE(ThrowsError([] {
+    (void)RingSchedule::for_shape(make_shape(1, 3, 16, 1, 1, 8), Layout::Contiguous, 4, true);
+  }));
+  EXPECT_TRUE(ThrowsError([] {
+    (void)RingSchedule::for_shape(make_shape(1, 16, 16, 1, 1, 8), Layout::Striped, 0, false);
+  }));
+}
+
+// ---- the sweep: every layout, N = 1..8, causal or not, S_q == S_kv and not --------------------
+
+class ScheduleSweep : public ::testing::TestWithParam<std::tuple<Layout, int>> {};
+
+std::vector<std::pair<std::int64_t, std::int64_t>> lengths_to_test(Layout kind, int n) {
+  const std::int64_t m = chunks(kind, n);
+  return {{m, m}, {3 * m + 1, 3 * m + 1}, {37, 37}, {m + 2, 4 * m + 3}, {4 * m + 3, m + 2},
+          {m, 2 * m + 1}};
+}
+
+TEST_P(ScheduleSweep, StepsAgreeWithLayoutsAndBruteForce) {
+  const auto [kind, n] = GetParam();
+  std::vector<std::tuple<bool, std::int64_t, std::int64_t>> cases;
+  for (const bool c : {false, true}) {
+    for (const auto& [a, b] : lengths_to_test(kind, n)) cases.emplace_back(c, a, b);
+  }
+  for (const auto& [causal, sq, skv] : cases) {
+    if (sq < chunks(kind, n) || skv < chunks(kind, n)) continue;
+    SCOPED_TRACE("S_q=" + std::to_string(sq) + " S_kv=" + std::to_string(skv) +
+                 (causal ? " causal" : " not causal"));
+    const AttentionShape shape = make_shape(1, sq, skv, 2, 1, 8);
+    const RingSchedule sch = RingSchedule::for_shape(shape, kind, n, causal);
+    ASSERT_EQ(sch.ranks(), n);
+    ASSERT_EQ(sch.steps(), n);
+    EXPECT_EQ(sch.causal(), causal);
+    EXPECT_EQ(sch.q_offset(), skv - sq);
+    EXPECT_EQ(sch.q_layout().seq_len(), sq);
+    EXPECT_EQ(sch.kv_layout().seq_len(), skv);
+    EXPECT_EQ(sch.q_layout().kind(), kind);
+    const SequenceLayout& ql = sch.q_layout();
+    const SequenceLayout& kl = sch.kv_layout();
+
+    std::set<std::pair<int, int>> rank_owner;
+    std::int64_t total = 0;
+    for (int s = 0; s < n; ++s) {
+      for (int r = 0; r < n; ++r) {
+        SCOPED_TRACE("step " + std::to_string(s) + " rank " + std::to_string(r));
+        const StepWork& w = sch.work(s, r);
+        ASSERT_EQ(w.step, s);
+        ASSERT_EQ(w.rank, r);
+        ASSERT_EQ(w.kv_owner, RingSchedule::kv_owner(r, s, n));
+        EXPECT_TRUE(rank_owner.insert({r, w.kv_owner}).second) << "pair seen twice";
+        const auto& qsegs = ql.segments(r);
+        const auto& ksegs = kl.segments(w.kv_owner);
+        ASSERT_EQ(w.pairs.size(), qsegs.size() * ksegs.size());
+        std::set<std::pair<int, int>> seg_pairs;
+        std::int64_t step_visible = 0;
+        for (const PairWork& p : w.pairs) {
+          ASSERT_GE(p.q_segment, 0);
+          ASSERT_LT(static_cast<std::size_t>(p.q_segment), qsegs.size());
+          ASSERT_GE(p.kv_segment, 0);
+          ASSERT_LT(static_cast<std::size_t>(p.kv_segment), ksegs.size());
+          EXPECT_TRUE(seg_pairs.insert({p.q_segment, p.kv_segment}).second);
+          const auto& qs = qsegs[static_cast<std::size_t>(p.q_segment)];
+          const auto& ks = ksegs[static_cast<std::size_t>(p.kv_segment)];
+          ASSERT_EQ(p.q_rows, qs.length);
+          ASSERT_EQ(p.q_local, qs.local_begin);
+          ASSERT_EQ(p.k_rows, ks.length);
+          ASSERT_EQ(p.k_local, ks.local_begin);
+          // Positions are global, queries in key coordinates (shifted by S_kv - S_q).
+          for (std::int64_t i = 0; i < p.q_rows; ++i) {
+            ASSERT_EQ(p.q.at(i), ql.position(r, p.q_local + i) + (skv - sq)) << "query row " << i;
+          }
+          for (std::int64_t j = 0; j < p.k_rows; ++j) {
+            ASSERT_EQ(p.k.at(j), kl.position(w.kv_owner, p.k_local + j)) << "key row " << j;
+          }
+          EXPECT_EQ(p.visible, brute_visible(p.q, p.q_rows, p.k, p.k_rows, causal));
+          EXPECT_TRUE(MaskConsistent(p.mask, p.q, p.q_rows, p.k, p.k_rows, causal));
+          step_visible += p.visible;
+        }
+        EXPECT_EQ(w.visible, step_visible);
+        EXPECT_EQ(w.idle(), step_visible == 0);
+        total += w.visible;
+      }
+    }
+    EXPECT_EQ(rank_owner.size(), static_cast<std::size_t>(n * n));
+    // Brute force over all (query, key) pairs, end-aligned.
+    std::int64_t want = 0;
+    for (std::int64_t i = 0; i < sq; ++i) {
+      for (std::int64_t j = 0; j < skv; ++j) want += (!causal || j <= skv - sq + i) ? 1 : 0;
+    }
+    EXPECT_EQ(total, want);
+    if (sq == skv) {
+      EXPECT_EQ(total, causal ? sq * (sq + 1) / 2 : sq * skv);
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    AllLayouts, ScheduleSweep,
+    ::testing::Combine(::testing::Values(Layout::Contiguous, Layout::Striped, Layout::Zigzag),
+                       ::testing::Range(1, 9)),
+    [](const ::testing::TestParamInfo<std::tuple<Layout, int>>& tp) {
+      return std::string(ringattn::to_string(std::get<0>(tp.param))) + "_N" +
+             std::to_string(std::get<1>(tp.param));
+    });
+
+// ---- hand-worked mask classes (S = 16, N = 4, shard length 4) ----------------------------------
+
+TEST(RingScheduleHand, ContiguousCausal) {
+  const RingSchedule sch =
+      RingSchedule::for_shape(make_shape(1, 16, 16, 1, 1, 8), Layout::Contiguous, 4, true);
+  for (int s = 0; s < 4; ++s) {
+    for (int r = 0; r < 4; ++r) {
+      SCOPED_TRACE("step " + std::to_string(s) + " rank " + std::to_string(r));
+      const StepWork& w = sch.work(s, r);
+      ASSERT_EQ(w.pairs.size(), 1u);
+      if (s == 0) {
+        EXPECT_EQ(w.pairs[0].mask, MaskClass::CausalDiagonal);
+        EXPECT_EQ(w.visible, 10);
+      } else if (w.kv_owner < r) {
+        EXPECT_EQ(w.pairs[0].mask, MaskClass::Full);
+        EXPECT_EQ(w.visible, 16);
+      } else {
+        EXPECT_EQ(w.pairs[0].mask, MaskClass::Skip);
+        EXPECT_EQ(w.visible, 0);
+        EXPECT_TRUE(w.idle());
+      }
+    }
+  }
+}
+
+TEST(RingScheduleHand, StripedCausal) {
+  const RingSchedule sch =
+      RingSchedule::for_shape(make_shape(1, 16, 16, 1, 1, 8), Layout::Striped, 4, true);
+  for (int s = 0; s < 4; ++s) {
+    for (int r = 0; r < 4; ++r) {
+      SCOPED_TRACE("step " + std::to_string(s) + " rank " + std::to_string(r));
+      const StepWork& w = sch.work(s, r);
+      ASSERT_EQ(w.pairs.size(), 1u);
+      const MaskClass m = w.pairs[0].mask;
+      if (w.kv_owner == r) {
+        EXPECT_EQ(m, MaskClass::CausalDiagonal);
+        EXPECT_EQ(w.visible, 10);
+      } else if (w.kv_owner < r) {
+        // query r + 4i sees key o + 4j iff j <= i: the diagonal pattern on shifted positions.
+        EXPECT_TRUE(m == MaskClass::CausalDiagonal || m == MaskClass::OffsetCausal)
+            << ringattn::to_string(m);
+        EXPECT_EQ(w.visible, 10);
+      } else {
+        // query r + 4i sees key o + 4j iff j < i.
+        EXPECT_EQ(m, MaskClass::OffsetCausal);
+        EXPECT_EQ(w.visible, 6);
+      }
+      EXPECT_FALSE(w.idle());
+    }
+  }
+}
+
+TEST(RingScheduleHand, ZigzagCausal) {
+  const RingSchedule sch =
+      RingSchedule::for_shape(make_shape(1, 16, 16, 1, 1, 8), Layout::Zigzag, 4, true);
+  // Rank r holds chunks r and 7-r (2 tokens each). Against another rank's block it sees exactly
+  // two full chunks (2 * 4 pairs); at step 0 it sees its own chunks' diagonals plus one full chunk.
+  for (int s = 0; s < 4; ++s) {
+    for (int r = 0; r < 4; ++r) {
+      EXPECT_EQ(sch.work(s, r).visible, s == 0 ? 3 + 4 + 3 : 8) << "step " << s << " rank " << r;
+    }
+  }
+}
+
+TEST(RingScheduleHand, ZigzagCausalNeverIdle) {
+  for (int n = 2; n <= 8; ++n) {
+    for (std::int64_t s : {2 * std::int64_t{n}, 2 * std::int64_t{n} + 1, 5 * std::int64_t{n} + 3}) {
+      const RingSchedule sch =
+          RingSchedule::for_shape(make_shape(1, s, s, 1, 1, 8), Layout::Zigzag, n, true);
+      for (int st = 0; st < n; ++st) {
+        for (int r = 0; r < n; ++r) {
+          EXPECT_FALSE(sch.work(st, r).idle())
+              << "N " << n << " S " << s << " step " << st << " rank " << r;
+        }
+      }
+    }
+  }
+}
+
+TEST(RingScheduleHand, NonCausalAllFull) {
+  for (Layout kind : ringattn::all_layouts()) {
+    const RingSchedule sch =
+        RingSchedule::for_shape(make_shape(1, 16, 16, 1, 1, 8), kind, 4, false);
+    for (int s = 0; s < 4; ++s) {
+      for (int r = 0; r < 4; ++r) {
+        for (const PairWork& p : sch.work(s, r).pairs) {
+          EXPECT_EQ(p.mask, MaskClass::Full);
+          EXPECT_EQ(p.visible, p.q_rows * p.k_rows);
+        }
+        EXPECT_EQ(sch.work(s, r).visible, 16);
+      }
+    }
+  }
+}
+
+// ---- load balance ----------------------------------------------------------------------------
+
+// The ring's critical path: at each step every rank waits for the slowest, so the time is
+// sum over steps of max over ranks of the step's visible work.
+std::int64_t critical_path(const RingSchedule& sch) {
+  std::int64_t t = 0;
+  for (int s = 0; s < sch.steps(); ++s) {
+    std::int64_t worst = 0;
+    for (int r = 0; r < sch.ranks(); ++r) worst = std::max(worst, sch.work(s, r).visible);
+    t += worst;
+  }
+  return t;
+}
+
+TEST(RingScheduleBalance, ZigzagAndStripedBeatContiguousWhenCausal) {
+  for (int n : {4, 8}) {
+    const std::int64_t s = 32 * n;
+    SCOPED_TRACE("N=" + std::to_string(n) + " S=" + std::to_string(s));
+    const AttentionShape shape = make_shape(1, s, s, 1, 1, 8);
+    const double contiguous =
+        static_cast<double>(critical_path(RingSchedule::for_shape(shape, Layout::Contiguous, n, true)));
+    const double striped =
+        static_cast<double>(critical_path(RingSchedule::for_shape(shape, Layout::Striped, n, true)));
+    const double zigzag =
+        static_cast<double>(critical_path(RingSchedule::for_shape(shape, Layout::Zigzag, n, true)));
+    const double ideal = static_cast<double>(s * (s + 1) / 2) / n;
+    // Contiguous: the last rank does a full L x L block every step, about twice the ideal.
+    EXPECT_GT(contiguous, 1.7 * ideal);
+    EXPECT_LE(zigzag, 0.6 * contiguous);
+    EXPECT_LE(striped, 0.6 * contiguous);
+    EXPECT_LE(zigzag, 1.05 * ideal);
+    EXPECT_LE(striped, 1.05 * ideal);
+  }
+}
+
+// ---- costs of a step -----------------------------------------------------------------------
+
+TEST(RingScheduleCost, MatchesClosedForm) {
+  const AttentionShape shape = make_shape(2, 37, 37, 8, 2, 64);
+  for (Layout kind : ringattn::all_layouts()) {
+    for (bool causal : {false, true}) {
+      const int n = 4;
+      const RingSchedule sch = RingSchedule::for_shape(shape, kind, n, causal);
+      for (int s = 0; s < n; ++s) {
+        for (int r = 0; r < n; ++r) {
+          SCOPED_TRACE(std::string(ringattn::to_string(kind)) + " causal " +
+                       std::to_string(causal) + " step " + std::to_string(s) + " rank " +
+                       std::to_string(r));
+          const StepWork& w = sch.work(s, r);
+          const auto c = sch.cost(s, r, shape, 2, 4);
+          const double vis = static_cast<double>(w.visible);
+          EXPECT_DOUBLE_EQ(c.flops_forward, 4.0 * 2 * 8 * 64 * vis);
+          EXPECT_DOUBLE_EQ(c.flops_backward, 2.5 * c.flops_forward);
+          const double len = static_cast<double>(sch.kv_layout().shard_length(w.kv_owner));
+          if (s < n - 1) {
+            EXPECT_DOUBLE_EQ(c.kv_bytes, 2.0 * 2 * len * 2 * 64 * 2);
+          } else {
+            EXPECT_EQ(c.kv_bytes, 0.0) << "the last step sends no K/V";
+          }
+          EXPECT_DOUBLE_EQ(c.dkv_bytes, 2.0 * 2 * len * 2 * 64 * 4);
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
