@@ -10,8 +10,9 @@
 # (default nproc). Timings need an optimized build: if that folder is a Debug or sanitizer
 # build, build-release/ is configured (Release) and used instead.
 # Results: <build>/bench/summary.txt, <build>/bench/bench_attention.txt (console) and
-# <build>/bench/results.json (Google Benchmark JSON, every repetition). The exit status is
-# bench_summary's: 0 when both targets are met.
+# <build>/bench/results.json (Google Benchmark JSON, every repetition), and <build>/bench/results.md
+# (its medians as the Markdown tables of docs/results.md, by bench/results_table.py; needs
+# python3). The exit status is bench_summary's: 0 when both targets are met.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -23,7 +24,7 @@ while [[ $# -gt 0 ]]; do
   case $1 in
     --summary-only) summary_only=1; shift ;;
     --) shift; bench_args=("$@"); break ;;
-    -h|--help) sed -n '2,13p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    -h|--help) sed -n '2,15p' "${BASH_SOURCE[0]}"; exit 0 ;;
     *) echo "bench.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -57,6 +58,9 @@ if [[ $summary_only == 0 ]]; then
   "$bin/bench_attention" --benchmark_format=console \
     --benchmark_out="$out/results.json" --benchmark_out_format=json \
     "${bench_args[@]}" | tee "$out/bench_attention.txt"
+  if command -v python3 >/dev/null; then  # the Markdown tables of docs/results.md
+    python3 "$root/bench/results_table.py" "$out/results.json" > "$out/results.md"
+  fi
 fi
 echo "== load after the run: $(uptime)"
 echo "== results:"
@@ -64,5 +68,6 @@ echo "   $out/summary.txt"
 if [[ $summary_only == 0 ]]; then
   echo "   $out/bench_attention.txt"
   echo "   $out/results.json"
+  [[ -f $out/results.md ]] && echo "   $out/results.md (tables for docs/results.md)"
 fi
 exit "$status"

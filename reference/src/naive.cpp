@@ -65,7 +65,7 @@ ForwardResult<T> naive_forward(const Tensor<T>& q, const Tensor<T>& k, const Ten
       const std::int64_t g = h / sh.group_size();  // GQA: the key/value head this query head reads
       Mat<T> p = scores(qv, kv, b, h, g, scale, options.causal, sh.causal_query_offset());
       detail::lse_row(lv, b, h) = softmax_rows(p);
-      detail::head(ov, b, h) = p * detail::head(vv, b, g);  // O = P V
+      detail::head(ov, b, h).noalias() = p * detail::head(vv, b, g);  // O = P V
     }
   }
   return r;

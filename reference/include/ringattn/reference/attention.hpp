@@ -27,8 +27,8 @@ namespace ringattn::ref {
 struct AttentionOptions {
   bool causal = false;            ///< mask keys at later global positions than the query
   std::optional<double> scale;    ///< softmax scale; 1/sqrt(D) when empty
-  std::int64_t block_q = 64;      ///< Br: query rows per tile (blockwise paths)
-  std::int64_t block_kv = 128;    ///< Bc: key rows per tile (blockwise paths)
+  std::int64_t block_q = 128;     ///< Br: query rows per tile (blockwise paths)
+  std::int64_t block_kv = 256;    ///< Bc: key rows per tile (blockwise paths)
 };
 
 /// Output of a forward pass: O (B, S_q, H_q, D) and LSE (B, H_q, S_q).
@@ -115,8 +115,8 @@ struct KernelArgs {
   Positions kpos;              ///< global position of key row j: kpos.at(j)
   bool causal = false;         ///< mask keys with kpos.at(j) > qpos.at(i)
   double scale = 1.0;          ///< softmax scale
-  std::int64_t block_q = 64;   ///< Br
-  std::int64_t block_kv = 128; ///< Bc
+  std::int64_t block_q = 128;  ///< Br
+  std::int64_t block_kv = 256; ///< Bc
 };
 
 /// Blockwise forward of one (query rows, key rows) pair: writes O and LSE for the query rows
