@@ -55,37 +55,6 @@ RingSchedule::RingSchedule(SequenceLayout q_layout, SequenceLayout kv_layout, bo
           " layout but keys use ", to_string(kv_layout_.kind()), ": a ring uses one layout");
   require(q_layout_.ranks() == kv_layout_.ranks(), "queries are split over ", q_layout_.ranks(),
           " ranks but keys over ", kv_layout_.ranks());
-  const int n = ranks();
-  work_.resize(static_cast<std::size_t>(n) * static_cast<std::size_t>(n));
-  for (int s = 0; s < n; ++s) {
-    for (int r = 0; r < n; ++r) {
-      StepWork& w = work_[static_cast<std::size_t>(s * n + r)];
-      w.step = s;
-      w.rank = r;
-      w.kv_owner = kv_owner(r, s, n);
-      const auto& qsegs = q_layout_.segments(r);
-      const auto& ksegs = kv_layout_.segments(w.kv_owner);
-      for (std::size_t qi = 0; qi < qsegs.size(); ++qi) {
-        for (std::size_t ki = 0; ki < ksegs.size(); ++ki) {
-          const Segment& qs = qsegs[qi];
-          const Segment& ks = ksegs[ki];
-          PairWork p;
-          p.q_segment = static_cast<int>(qi);
-          p.kv_segment = static_cast<int>(ki);
-          p.q = {q_offset_ + qs.start, qs.stride};
-          p.q_rows = qs.length;
-          p.q_local = qs.local_begin;
-          p.k = {ks.start, ks.stride};
-          p.k_rows = ks.length;
-          p.k_local = ks.local_begin;
-          p.mask = classify_mask(p.q, p.q_rows, p.k, p.k_rows, causal_);
-          p.visible = visible_pairs(p.q, p.q_rows, p.k, p.k_rows, causal_);
-          w.visible += p.visible;
-          w.pairs.push_back(p);
-        }
-      }
-    }
-  }
 }
 
 RingSchedule RingSchedule::for_shape(const AttentionShape& shape, Layout kind, int ranks,
@@ -101,16 +70,41 @@ int RingSchedule::kv_owner(int rank, int step, int ranks) {
   return ((rank - step) % ranks + ranks) % ranks;
 }
 
-const StepWork& RingSchedule::work(int step, int rank) const {
+StepWork RingSchedule::work(int step, int rank) const {
   const int n = ranks();
   require(step >= 0 && step < n && rank >= 0 && rank < n, "step ", step, " / rank ", rank,
           " out of range for a ring of ", n);
-  return work_[static_cast<std::size_t>(step * n + rank)];
+  StepWork w;
+  w.step = step;
+  w.rank = rank;
+  w.kv_owner = kv_owner(rank, step, n);
+  const auto& qsegs = q_layout_.segments(rank);
+  const auto& ksegs = kv_layout_.segments(w.kv_owner);
+  for (std::size_t qi = 0; qi < qsegs.size(); ++qi) {
+    for (std::size_t ki = 0; ki < ksegs.size(); ++ki) {
+      const Segment& qs = qsegs[qi];
+      const Segment& ks = ksegs[ki];
+      PairWork p;
+      p.q_segment = static_cast<int>(qi);
+      p.kv_segment = static_cast<int>(ki);
+      p.q = {q_offset_ + qs.start, qs.stride};
+      p.q_rows = qs.length;
+      p.q_local = qs.local_begin;
+      p.k = {ks.start, ks.stride};
+      p.k_rows = ks.length;
+      p.k_local = ks.local_begin;
+      p.mask = classify_mask(p.q, p.q_rows, p.k, p.k_rows, causal_);
+      p.visible = visible_pairs(p.q, p.q_rows, p.k, p.k_rows, causal_);
+      w.visible += p.visible;
+      w.pairs.push_back(p);
+    }
+  }
+  return w;
 }
 
 StepCost RingSchedule::cost(int step, int rank, const AttentionShape& shape, int elem_bytes,
                             int grad_bytes) const {
-  const StepWork& w = work(step, rank);
+  const StepWork w = work(step, rank);
   const std::int64_t block = kv_layout_.shard_length(w.kv_owner);
   StepCost c;
   c.flops_forward = attention_flops_forward(shape.batch, shape.heads_q, shape.head_dim, w.visible);

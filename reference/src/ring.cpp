@@ -105,7 +105,7 @@ template <class T>
 void ring_forward_step(const RingSchedule& schedule, int step, int rank, const Tensor<T>& q_shard,
                        const Tensor<T>& k_block, const Tensor<T>& v_block, const AttentionOptions& options,
                        Tensor<T>& out_acc, Tensor<T>& lse_acc) {
-  const StepWork& w = schedule.work(step, rank);
+  const StepWork w = schedule.work(step, rank);
   const auto qv = seq_view(q_shard), kv = seq_view(k_block), vv = seq_view(v_block);
   check_seq(qv.seq, schedule.q_layout().shard_length(rank), "the query shard", rank);
   check_seq(kv.seq, schedule.kv_layout().shard_length(w.kv_owner), "the K block", w.kv_owner);
@@ -132,7 +132,7 @@ void ring_backward_step(const RingSchedule& schedule, int step, int rank, const 
                         const Tensor<T>& lse_shard, const Tensor<T>& delta_shard,
                         const AttentionOptions& options, Tensor<T>& dq_acc, Tensor<T>& dk_block,
                         Tensor<T>& dv_block) {
-  const StepWork& w = schedule.work(step, rank);
+  const StepWork w = schedule.work(step, rank);
   const auto qv = seq_view(q_shard), kv = seq_view(k_block), vv = seq_view(v_block);
   check_seq(qv.seq, schedule.q_layout().shard_length(rank), "the query shard", rank);
   check_seq(kv.seq, schedule.kv_layout().shard_length(w.kv_owner), "the K block", w.kv_owner);

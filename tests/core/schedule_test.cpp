@@ -437,4 +437,30 @@ TEST(RingScheduleCost, MatchesClosedForm) {
   }
 }
 
+// A cluster-sized ring: 4096 ranks over a million tokens. The schedule keeps only its layouts,
+// so building it is cheap and any (step, rank) can be asked for; the answers still add up.
+TEST(RingScheduleScale, ThousandsOfRanksOnDemand) {
+  const std::int64_t s = std::int64_t{1} << 20;
+  const int n = 4096;
+  const AttentionShape shape = make_shape(1, s, s, 8, 8, 128);
+  for (Layout kind : ringattn::all_layouts()) {
+    const RingSchedule sch = RingSchedule::for_shape(shape, kind, n, true);
+    const std::int64_t c = s / n;  // 256 tokens per rank
+    // Contiguous: rank r at step s > r holds a later block (skip), at step 0 its own (diagonal).
+    // Zigzag and striped: every rank computes at every step.
+    for (int step : {0, 1, n / 2, n - 1}) {
+      for (int r : {0, 1, n / 2, n - 1}) {
+        const StepWork w = sch.work(step, r);
+        EXPECT_EQ(w.kv_owner, ((r - step) % n + n) % n);
+        if (kind == Layout::Contiguous) {
+          const std::int64_t want = step == 0 ? c * (c + 1) / 2 : (w.kv_owner < r ? c * c : 0);
+          EXPECT_EQ(w.visible, want) << "step " << step << " rank " << r;
+        } else {
+          EXPECT_GT(w.visible, 0) << ringattn::to_string(kind) << " step " << step << " rank " << r;
+        }
+      }
+    }
+  }
+}
+
 }  // namespace

@@ -105,8 +105,10 @@ class RingSchedule {
   /// The rank this rank receives from: (rank - 1) mod N.
   [[nodiscard]] static int prev_rank(int rank, int ranks) { return (rank + ranks - 1) % ranks; }
 
-  /// Work of rank @p rank at step @p step.
-  [[nodiscard]] const StepWork& work(int step, int rank) const;
+  /// Work of rank @p rank at step @p step, computed on demand (the schedule stores only its
+  /// layouts, so it costs O(N) memory even for thousands of ranks; a call costs O(shard length)
+  /// for partially masked pairs and O(1) otherwise).
+  [[nodiscard]] StepWork work(int step, int rank) const;
   /// Cost of rank @p rank at step @p step for @p shape with elements of @p elem_bytes bytes
   /// moving as K/V and gradients of @p grad_bytes bytes moving as dK/dV.
   [[nodiscard]] StepCost cost(int step, int rank, const AttentionShape& shape, int elem_bytes,
@@ -117,7 +119,6 @@ class RingSchedule {
   SequenceLayout kv_layout_;
   bool causal_;
   std::int64_t q_offset_;
-  std::vector<StepWork> work_;  // [step * N + rank]
 };
 
 }  // namespace ringattn
