@@ -8,6 +8,7 @@
 
 #include "cli_io.hpp"
 #include "commands.hpp"
+#include "mpi_attention.hpp"
 #include "ringattn/core/error.hpp"
 #include "ringattn/reference/ring.hpp"
 
@@ -24,6 +25,8 @@ struct AttentionArgs {
   std::optional<double> scale;
   std::string layout = "contiguous";
   int ranks = 4;
+  double timeout_s = 300;
+  CLI::Option* timeout_opt = nullptr;
   std::int64_t block_q = ref::AttentionOptions{}.block_q;
   std::int64_t block_kv = ref::AttentionOptions{}.block_kv;
   CLI::Option* layout_opt = nullptr;
@@ -72,15 +75,36 @@ void run_typed(const AttentionArgs& a, const Tensor<T>& q, const Tensor<T>& k, c
   }
 }
 
+int run_mpi(const AttentionArgs& a) {
+  require(a.ranks_opt->count() == 0, "--ranks applies to --impl ring; mpi-ring uses one rank per mpirun process");
+#ifdef RINGATTN_HAVE_MPI
+  MpiAttentionRequest r;
+  r.q = a.q, r.k = a.k, r.v = a.v, r.out = a.out, r.lse = a.lse;
+  r.dout = a.dout, r.dq = a.dq, r.dk = a.dk, r.dv = a.dv;
+  r.causal = a.causal;
+  r.scale = a.scale;
+  r.layout = a.layout;
+  r.block_q = a.block_q;
+  r.block_kv = a.block_kv;
+  r.timeout_s = a.timeout_s;
+  return run_attention_mpi(r);
+#else
+  fail("this ringattn was built without MPI: install an MPI library (apt-get install libopenmpi-dev) and reconfigure");
+#endif
+}
+
 int run(AttentionArgs& a) {
+  const int grads_given = !a.dout.empty() + !a.dq.empty() + !a.dk.empty() + !a.dv.empty();
+  require(grads_given == 0 || grads_given == 4,
+          "the backward pass needs all of --dout, --dq, --dk and --dv (got ", grads_given, " of them)");
+  if (a.impl_name == "mpi-ring") return run_mpi(a);
+  require(a.timeout_opt->count() == 0, "--timeout applies only to --impl mpi-ring");
   a.impl = a.impl_name == "naive" ? Impl::Naive : a.impl_name == "ring" ? Impl::Ring : Impl::Blockwise;
   if (a.impl != Impl::Ring) {
     require(a.layout_opt->count() == 0 && a.ranks_opt->count() == 0,
-            "--layout and --ranks apply only to --impl ring");
+            "--layout and --ranks apply only to --impl ring and mpi-ring");
   }
-  const int grads = !a.dout.empty() + !a.dq.empty() + !a.dk.empty() + !a.dv.empty();
-  require(grads == 0 || grads == 4,
-          "the backward pass needs all of --dout, --dq, --dk and --dv (got ", grads, " of them)");
+  const bool grads = grads_given == 4;
   std::vector<InputFile> inputs = {{"--q", a.q}, {"--k", a.k}, {"--v", a.v}};
   if (grads) inputs.push_back({"--dout", a.dout});
   OutputSet outputs;
@@ -113,8 +137,8 @@ Runner add_attention_command(CLI::App& app) {
   cmd->add_option("--v", a->v, "values (B, S_kv, H_kv, D)")->required();
   cmd->add_option("--out", a->out, "output O (B, S_q, H_q, D)")->required();
   cmd->add_option("--lse", a->lse, "output log-sum-exp (B, H_q, S_q)");
-  cmd->add_option("--impl", a->impl_name, "naive | blockwise | ring")
-      ->check(CLI::IsMember({"naive", "blockwise", "ring"}))
+  cmd->add_option("--impl", a->impl_name, "naive | blockwise | ring | mpi-ring (run under mpirun)")
+      ->check(CLI::IsMember({"naive", "blockwise", "ring", "mpi-ring"}))
       ->capture_default_str();
   cmd->add_flag("--causal", a->causal, "mask keys after the query (queries aligned to the end of the keys)");
   cmd->add_option("--scale", a->scale, "softmax scale (default 1/sqrt(D))");
@@ -122,6 +146,8 @@ Runner add_attention_command(CLI::App& app) {
                       ->check(CLI::IsMember({"contiguous", "striped", "zigzag"}))
                       ->capture_default_str();
   a->ranks_opt = cmd->add_option("--ranks", a->ranks, "ring: number of virtual ranks")->capture_default_str();
+  a->timeout_opt = cmd->add_option("--timeout", a->timeout_s, "mpi-ring: seconds to wait for a peer before giving up")
+                       ->capture_default_str();
   cmd->add_option("--block-q", a->block_q, "Br: query rows per tile")->capture_default_str();
   cmd->add_option("--block-kv", a->block_kv, "Bc: key rows per tile")->capture_default_str();
   cmd->add_option("--dout", a->dout, "backward: upstream gradient dO (Q's shape)");

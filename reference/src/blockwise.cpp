@@ -121,6 +121,7 @@ void block_forward(SeqView<const T> q, SeqView<const T> k, SeqView<const T> v, c
           lt = at.cwiseProduct(lt) + St.rowwise().sum();                 // l update
           Ot = at.asDiagonal() * Ot;                                     // rescale old O
           Ot.noalias() += St * Vh.middleRows(j0, cols);                  // O += P_ij V_j
+          if (args.progress) args.progress();
         }
         for (std::int64_t r = 0; r < rows; ++r) {
           if (lt(r) > T(0)) {
@@ -198,6 +199,7 @@ void block_backward(SeqView<const T> q, SeqView<const T> k, SeqView<const T> v, 
             dPt.array() *= St.array();                               // dS_ij = P * (dP - D)
             dQh.middleRows(i0, rows).noalias() += (scale * dPt) * Kt;  // dQ_i += scale dS K_j
             dKt.noalias() += dPt.transpose() * Qt;                   // dK_j += dS^T (scale Q_i)
+            if (args.progress) args.progress();
           }
         }
         dKh.middleRows(j0, cols) += dKt;
@@ -230,7 +232,7 @@ ForwardResult<T> blockwise_forward(const Tensor<T>& q, const Tensor<T>& k, const
   check_options(options);
   ForwardResult<T> r{Tensor<T>(q.shape()), Tensor<T>({sh.batch, sh.heads_q, sh.seq_q})};
   const KernelArgs args{{sh.causal_query_offset(), 1}, {0, 1}, options.causal,
-                        resolve_scale(options, sh.head_dim), options.block_q, options.block_kv};
+                        resolve_scale(options, sh.head_dim), options.block_q, options.block_kv, {}};
   block_forward(seq_view(q), seq_view(k), seq_view(v), args, seq_view(r.out), lse_view(r.lse));
   return r;
 }
@@ -245,7 +247,7 @@ Gradients<T> blockwise_backward(const Tensor<T>& q, const Tensor<T>& k, const Te
   Gradients<T> g{Tensor<T>(q.shape()), Tensor<T>(k.shape()), Tensor<T>(v.shape())};
   const Tensor<T> delta = softmax_delta(out, dout);
   const KernelArgs args{{sh.causal_query_offset(), 1}, {0, 1}, options.causal,
-                        resolve_scale(options, sh.head_dim), options.block_q, options.block_kv};
+                        resolve_scale(options, sh.head_dim), options.block_q, options.block_kv, {}};
   block_backward(seq_view(q), seq_view(k), seq_view(v), seq_view(dout), lse_view(lse), lse_view(delta),
                  args, seq_view(g.dq), seq_view(g.dk), seq_view(g.dv));
   return g;

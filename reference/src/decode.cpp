@@ -23,7 +23,7 @@ ForwardResult<T> decode_forward(const Tensor<T>& q, const Tensor<T>& k, const Te
     const std::int64_t begin = s * sh.seq_kv / splits, end = (s + 1) * sh.seq_kv / splits;
     ForwardResult<T> p{Tensor<T>(q.shape()), Tensor<T>({sh.batch, sh.heads_q, sh.seq_q})};
     const KernelArgs args{{sh.causal_query_offset(), 1}, {begin, 1}, options.causal, scale,
-                          options.block_q, options.block_kv};
+                          options.block_q, options.block_kv, {}};
     block_forward(qv, kv.rows(begin, end - begin), vv.rows(begin, end - begin), args, seq_view(p.out),
                   lse_view(p.lse));
     partials.push_back(std::move(p));

@@ -46,10 +46,9 @@ void check_seq(std::int64_t got, std::int64_t want, const char* what, int rank) 
   require(got == want, what, " of rank ", rank, " has ", got, " tokens but the layout gives it ", want);
 }
 
-template <class T>
 KernelArgs pair_args(const PairWork& p, const RingSchedule& schedule, const AttentionOptions& o,
-                     std::int64_t head_dim) {
-  return {p.q, p.k, schedule.causal(), resolve_scale(o, head_dim), o.block_q, o.block_kv};
+                     std::int64_t head_dim, const std::function<void()>& progress) {
+  return {p.q, p.k, schedule.causal(), resolve_scale(o, head_dim), o.block_q, o.block_kv, progress};
 }
 
 // Sends every rank's buffer to the next rank: after the call rank r holds what rank r-1 held.
@@ -104,7 +103,7 @@ void unshard_lse(const Tensor<T>& shard, const SequenceLayout& layout, int rank,
 template <class T>
 void ring_forward_step(const RingSchedule& schedule, int step, int rank, const Tensor<T>& q_shard,
                        const Tensor<T>& k_block, const Tensor<T>& v_block, const AttentionOptions& options,
-                       Tensor<T>& out_acc, Tensor<T>& lse_acc) {
+                       Tensor<T>& out_acc, Tensor<T>& lse_acc, const std::function<void()>& progress) {
   const StepWork w = schedule.work(step, rank);
   const auto qv = seq_view(q_shard), kv = seq_view(k_block), vv = seq_view(v_block);
   check_seq(qv.seq, schedule.q_layout().shard_length(rank), "the query shard", rank);
@@ -120,7 +119,7 @@ void ring_forward_step(const RingSchedule& schedule, int step, int rank, const T
     Tensor<T> o_part({qv.batch, p.q_rows, qv.heads, qv.dim});
     Tensor<T> l_part({qv.batch, qv.heads, p.q_rows});
     block_forward(qv.rows(p.q_local, p.q_rows), kv.rows(p.k_local, p.k_rows), vv.rows(p.k_local, p.k_rows),
-                  pair_args<T>(p, schedule, options, qv.dim), seq_view(o_part), lse_view(l_part));
+                  pair_args(p, schedule, options, qv.dim, progress), seq_view(o_part), lse_view(l_part));
     merge_into(ov.rows(p.q_local, p.q_rows), lv.rows(p.q_local, p.q_rows), seq_view(o_part).as_const(),
                lse_view(l_part).as_const());
   }
@@ -131,7 +130,7 @@ void ring_backward_step(const RingSchedule& schedule, int step, int rank, const 
                         const Tensor<T>& k_block, const Tensor<T>& v_block, const Tensor<T>& dout_shard,
                         const Tensor<T>& lse_shard, const Tensor<T>& delta_shard,
                         const AttentionOptions& options, Tensor<T>& dq_acc, Tensor<T>& dk_block,
-                        Tensor<T>& dv_block) {
+                        Tensor<T>& dv_block, const std::function<void()>& progress) {
   const StepWork w = schedule.work(step, rank);
   const auto qv = seq_view(q_shard), kv = seq_view(k_block), vv = seq_view(v_block);
   check_seq(qv.seq, schedule.q_layout().shard_length(rank), "the query shard", rank);
@@ -151,7 +150,7 @@ void ring_backward_step(const RingSchedule& schedule, int step, int rank, const 
     if (p.mask == MaskClass::Skip) continue;
     block_backward(qv.rows(p.q_local, p.q_rows), kv.rows(p.k_local, p.k_rows), vv.rows(p.k_local, p.k_rows),
                    dov.rows(p.q_local, p.q_rows), lv.rows(p.q_local, p.q_rows), dl.rows(p.q_local, p.q_rows),
-                   pair_args<T>(p, schedule, options, qv.dim), dqv.rows(p.q_local, p.q_rows),
+                   pair_args(p, schedule, options, qv.dim, progress), dqv.rows(p.q_local, p.q_rows),
                    dkv.rows(p.k_local, p.k_rows), dvv.rows(p.k_local, p.k_rows));
   }
 }
@@ -258,11 +257,12 @@ Gradients<T> ring_backward(const Tensor<T>& q, const Tensor<T>& k, const Tensor<
   template void unshard_rows<T>(const Tensor<T>&, const SequenceLayout&, int, Tensor<T>&);               \
   template void unshard_lse<T>(const Tensor<T>&, const SequenceLayout&, int, Tensor<T>&);                \
   template void ring_forward_step<T>(const RingSchedule&, int, int, const Tensor<T>&, const Tensor<T>&,  \
-                                     const Tensor<T>&, const AttentionOptions&, Tensor<T>&, Tensor<T>&); \
+                                     const Tensor<T>&, const AttentionOptions&, Tensor<T>&, Tensor<T>&,  \
+                                     const std::function<void()>&);                                      \
   template void ring_backward_step<T>(const RingSchedule&, int, int, const Tensor<T>&, const Tensor<T>&, \
                                       const Tensor<T>&, const Tensor<T>&, const Tensor<T>&,              \
                                       const Tensor<T>&, const AttentionOptions&, Tensor<T>&, Tensor<T>&, \
-                                      Tensor<T>&);                                                       \
+                                      Tensor<T>&, const std::function<void()>&);                         \
   template ForwardResult<T> ring_forward<T>(const Tensor<T>&, const Tensor<T>&, const Tensor<T>&,        \
                                             const RingOptions&);                                         \
   template Gradients<T> ring_backward<T>(const Tensor<T>&, const Tensor<T>&, const Tensor<T>&,           \

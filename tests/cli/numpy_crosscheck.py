@@ -6,7 +6,8 @@ the textbook formulas (nothing shared with the C++ code), and every --impl / --l
 combination of `ringattn attention` (and `ringattn decode`) must agree to 1e-10 max abs, on
 fresh random inputs: GQA, odd and even lengths, S_q != S_kv, causal and not, large logits.
 
-usage: numpy_crosscheck.py RINGATTN_EXECUTABLE [--seed N]
+usage: numpy_crosscheck.py RINGATTN_EXECUTABLE [--seed N] [--mpirun MPIRUN]
+With --mpirun, `--impl mpi-ring` also runs under `MPIRUN -np 2|3|4` for every layout.
 Prints one line per case and a final "N passed, N failed" line; exits 1 on any failure.
 """
 import argparse
@@ -68,6 +69,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("exe")
     ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--mpirun", default=None, help="mpirun executable: also check --impl mpi-ring")
     args = ap.parse_args()
     seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little")
     rng = np.random.default_rng(seed)
@@ -76,9 +78,11 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         f = lambda name: os.path.join(tmp, name)
 
-        def run(cmd):
-            r = subprocess.run([args.exe] + cmd, capture_output=True, text=True)
-            return r.returncode, r.stderr.strip()
+        def run(cmd, mpi_ranks=0):
+            prefix = [args.mpirun, "--oversubscribe", "-np", str(mpi_ranks)] if mpi_ranks else []
+            env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+            r = subprocess.run(prefix + [args.exe] + cmd, capture_output=True, text=True, env=env, timeout=300)
+            return r.returncode, r.stderr.strip().replace("\n", " | ")
 
         def report(name, errs):
             nonlocal passed, failed
@@ -107,17 +111,21 @@ def main():
                         for ranks in range(1, 9):
                             if sq >= (2 * ranks if layout == "zigzag" else ranks):
                                 combos.append(("ring", layout, ranks))
+                                if args.mpirun and ranks in (2, 3, 4):
+                                    combos.append(("mpi-ring", layout, ranks))
                 for impl, layout, ranks in combos:
                     cmd = ["attention", "--q", f("q.npy"), "--k", f("k.npy"), "--v", f("v.npy"),
                            "--out", f("o.npy"), "--lse", f("lse.npy"), "--dout", f("do.npy"),
                            "--dq", f("dq.npy"), "--dk", f("dk.npy"), "--dv", f("dv.npy"), "--impl", impl]
                     if causal:
                         cmd.append("--causal")
-                    if layout:
+                    if impl == "ring":
                         cmd += ["--layout", layout, "--ranks", str(ranks)]
+                    elif impl == "mpi-ring":
+                        cmd += ["--layout", layout, "--timeout", "120"]
                     name = f"B{b} Sq{sq} Skv{skv} H{hq}/{hkv} D{d} x{mul:g} {'causal' if causal else 'full'} {impl}"
                     name += f" {layout} x{ranks}" if layout else ""
-                    rc, err = run(cmd)
+                    rc, err = run(cmd, ranks if impl == "mpi-ring" else 0)
                     if rc != 0:
                         report(name + f" (exit {rc}: {err})", {"run": float("inf")})
                         continue

@@ -15,6 +15,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 
 #include "ringattn/core/schedule.hpp"
@@ -117,6 +118,9 @@ struct KernelArgs {
   double scale = 1.0;          ///< softmax scale
   std::int64_t block_q = 128;  ///< Br
   std::int64_t block_kv = 256; ///< Bc
+  /// Called after every tile when set: the MPI ring tests its in-flight requests here, which is
+  /// what lets MPI move the next block while this one is computed.
+  std::function<void()> progress;
 };
 
 /// Blockwise forward of one (query rows, key rows) pair: writes O and LSE for the query rows

@@ -39,21 +39,23 @@ void unshard_lse(const Tensor<T>& shard, const SequenceLayout& layout, int rank,
 
 /// One forward ring step of one rank: the rank's query shard against the K/V block it holds at
 /// @p step (the block of rank schedule.kv_owner), merged into the running (out_acc, lse_acc).
-/// out_acc must start at 0 and lse_acc at -inf.
+/// out_acc must start at 0 and lse_acc at -inf. @p progress, when set, is called after every tile.
 template <class T>
 void ring_forward_step(const RingSchedule& schedule, int step, int rank, const Tensor<T>& q_shard,
                        const Tensor<T>& k_block, const Tensor<T>& v_block,
-                       const AttentionOptions& options, Tensor<T>& out_acc, Tensor<T>& lse_acc);
+                       const AttentionOptions& options, Tensor<T>& out_acc, Tensor<T>& lse_acc,
+                       const std::function<void()>& progress = {});
 
 /// One backward ring step of one rank: accumulates into the rank's dq_acc and into the
 /// travelling dk_block/dv_block of the block it holds. @p lse_shard is the final LSE and
-/// @p delta_shard D = rowsum(dO * O) of the rank's queries.
+/// @p delta_shard D = rowsum(dO * O) of the rank's queries. @p progress: as in ring_forward_step.
 template <class T>
 void ring_backward_step(const RingSchedule& schedule, int step, int rank, const Tensor<T>& q_shard,
                         const Tensor<T>& k_block, const Tensor<T>& v_block,
                         const Tensor<T>& dout_shard, const Tensor<T>& lse_shard,
                         const Tensor<T>& delta_shard, const AttentionOptions& options,
-                        Tensor<T>& dq_acc, Tensor<T>& dk_block, Tensor<T>& dv_block);
+                        Tensor<T>& dq_acc, Tensor<T>& dk_block, Tensor<T>& dv_block,
+                        const std::function<void()>& progress = {});
 
 /// Ring attention forward over options.ranks virtual ranks: shards, runs the ring, gathers.
 template <class T>
