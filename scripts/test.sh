@@ -13,12 +13,11 @@ ctest --test-dir "$root/build" --output-on-failure -j "$jobs"
 
 echo "== sanitizer build (ASan + UBSan) and CPU tests"
 RINGATTN_BUILD_DIR="$root/build-asan" "$root/scripts/setup.sh" --sanitize
-# Leaks inside Open MPI's own libraries are suppressed (tests/sanitizers/lsan.supp); to name them
-# LeakSanitizer needs the slow unwinder and Open MPI must keep its components loaded.
+# Leaks inside Open MPI's own libraries are suppressed (tests/sanitizers/lsan.supp); to name
+# them LeakSanitizer needs the slow unwinder (Open MPI has no frame pointers).
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:fast_unwind_on_malloc=0 \
 LSAN_OPTIONS="suppressions=$root/tests/sanitizers/lsan.supp:print_suppressions=0" \
 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-OMPI_MCA_mca_base_component_disable_dlclose=1 \
   ctest --test-dir "$root/build-asan" -L cpu --output-on-failure -j "$jobs"
 
 echo "== all tests passed in $((SECONDS - start)) s"

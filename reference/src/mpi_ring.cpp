@@ -22,7 +22,6 @@ namespace ringattn::ref::mpi {
 namespace {
 
 enum Tag : int { kTagK = 7101, kTagV = 7102, kTagDK = 7103, kTagDV = 7104 };
-constexpr int kTextBytes = 1024;  // fixed size of the texts the agreement collectives exchange
 
 template <class T>
 MPI_Datatype mpi_type() {
@@ -53,17 +52,31 @@ void wait(std::vector<MPI_Request>& reqs, double timeout_s, const std::string& w
   reqs.clear();
 }
 
-// Exchanges one fixed-size text per rank (MPI_Iallgather under a deadline).
+// Exchanges one text of any length per rank: the lengths first, then the texts
+// (MPI_Iallgather and MPI_Iallgatherv under a deadline).
 std::vector<std::string> allgather_text(MPI_Comm comm, const std::string& mine, double timeout_s) {
   int n = 0;
   MPI_Comm_size(comm, &n);
-  std::vector<char> send(kTextBytes, '\0'), recv(static_cast<std::size_t>(kTextBytes) * static_cast<std::size_t>(n));
-  std::memcpy(send.data(), mine.data(), std::min<std::size_t>(mine.size(), kTextBytes - 1));
+  require(mine.size() <= INT_MAX / 64, "agreement text of ", mine.size(), " bytes is too long");
+  int len = static_cast<int>(mine.size());
+  std::vector<int> lens(static_cast<std::size_t>(n)), offsets(static_cast<std::size_t>(n));
   MPI_Request req;
-  MPI_Iallgather(send.data(), kTextBytes, MPI_CHAR, recv.data(), kTextBytes, MPI_CHAR, comm, &req);
+  MPI_Iallgather(&len, 1, MPI_INT, lens.data(), 1, MPI_INT, comm, &req);
+  wait_all(1, &req, timeout_s, "answer to the agreement check", -1);
+  long long total = 0;
+  for (int r = 0; r < n; ++r) {
+    offsets[static_cast<std::size_t>(r)] = static_cast<int>(total);
+    total += lens[static_cast<std::size_t>(r)];
+    require(total <= INT_MAX, "agreement texts are too long");
+  }
+  std::vector<char> all(static_cast<std::size_t>(std::max<long long>(total, 1)));
+  MPI_Iallgatherv(mine.data(), len, MPI_CHAR, all.data(), lens.data(), offsets.data(), MPI_CHAR, comm, &req);
   wait_all(1, &req, timeout_s, "answer to the agreement check", -1);
   std::vector<std::string> out;
-  for (int r = 0; r < n; ++r) out.emplace_back(recv.data() + static_cast<std::ptrdiff_t>(r) * kTextBytes);
+  for (int r = 0; r < n; ++r) {
+    out.emplace_back(all.data() + offsets[static_cast<std::size_t>(r)],
+                     static_cast<std::size_t>(lens[static_cast<std::size_t>(r)]));
+  }
   return out;
 }
 
@@ -169,9 +182,12 @@ void check_agreement(MPI_Comm comm, const std::string& mine, double timeout_s) {
     if (all[r] == all[0]) continue;
     std::istringstream a(all[r]), b(all[0]);
     std::string ta, tb;
-    while (true) {
-      const bool ga = static_cast<bool>(a >> ta), gb = static_cast<bool>(b >> tb);
-      if (!ga || !gb || ta != tb) break;
+    while (true) {  // the first token that differs; an empty one means that side ran out
+      ta.clear();
+      tb.clear();
+      a >> ta;
+      b >> tb;
+      if (ta != tb || ta.empty()) break;
     }
     throw CollectiveError("ranks disagree on the ring attention call: rank " + std::to_string(r) + " has " +
                           (ta.empty() ? std::string("nothing") : ta) + " but rank 0 has " +
