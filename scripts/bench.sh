@@ -29,21 +29,9 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 
-cache_value() { sed -n "s/^$1:[A-Z]*=//p" "$build/CMakeCache.txt" 2>/dev/null; }
-
-# Timings only mean something from an optimized, unsanitized build.
-if [[ -f $build/CMakeCache.txt ]]; then
-  type=$(cache_value CMAKE_BUILD_TYPE)
-  if [[ $type != Release && $type != RelWithDebInfo ]] || [[ $(cache_value RINGATTN_SANITIZE) == ON ]] ||
-     [[ $(cache_value RINGATTN_BUILD_BENCH) == OFF ]]; then
-    echo "bench.sh: $build is a '${type:-no type}' build (or sanitized, or without benchmarks);" \
-         "using $root/build-release instead" >&2
-    build=$root/build-release
-  fi
-fi
-if [[ ! -f $build/CMakeCache.txt ]]; then
-  cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release
-fi
+# shellcheck source=timing-build.sh
+source "$root/scripts/timing-build.sh"
+timing_build bench.sh
 cmake --build "$build" -j"$jobs" --target bench_attention bench_summary
 
 bin=$build/bin
