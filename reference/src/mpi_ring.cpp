@@ -148,6 +148,23 @@ Tensor<T> block_like(const Tensor<T>& shard, std::int64_t rows) {
   return Tensor<T>({shard.dim(0), rows, shard.dim(2), shard.dim(3)});
 }
 
+// Before computing on the block it holds at step s, a rank posts the receive of the next block
+// (from rank r-1, sized for its owner) and the send of the held one (to rank r+1). Nothing is
+// posted on the last step: the block held then is not passed on.
+template <class T>
+void post_kv_exchange(const Context& c, const SequenceLayout& kl, int s, const Tensor<T>& k_cur,
+                      const Tensor<T>& v_cur, Tensor<T>& k_next, Tensor<T>& v_next,
+                      std::vector<MPI_Request>& recv, std::vector<MPI_Request>& send) {
+  if (s + 1 >= c.ranks) return;
+  const int incoming = RingSchedule::kv_owner(c.rank, s + 1, c.ranks);
+  k_next = block_like(k_cur, kl.shard_length(incoming));
+  v_next = block_like(v_cur, kl.shard_length(incoming));
+  post_recv(k_next, c.prev, kTagK, c.comm, recv);
+  post_recv(v_next, c.prev, kTagV, c.comm, recv);
+  post_send(k_cur, c.next, kTagK, c.comm, send);
+  post_send(v_cur, c.next, kTagV, c.comm, send);
+}
+
 double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
@@ -228,16 +245,7 @@ ForwardResult<T> ring_forward(MPI_Comm comm, const Tensor<T>& q_shard, const Ten
   for (int s = 0; s < c.ranks; ++s) {
     inject_fault_if_requested(c.rank, s);
     Tensor<T> k_next, v_next;
-    if (s + 1 < c.ranks) {
-      // Post the next block's receive and this block's send before computing on it.
-      const int incoming = RingSchedule::kv_owner(c.rank, s + 1, c.ranks);
-      k_next = block_like(k_shard, kl.shard_length(incoming));
-      v_next = block_like(v_shard, kl.shard_length(incoming));
-      post_recv(k_next, c.prev, kTagK, comm, recv);
-      post_recv(v_next, c.prev, kTagV, comm, recv);
-      post_send(k_cur, c.next, kTagK, comm, send);
-      post_send(v_cur, c.next, kTagV, comm, send);
-    }
+    post_kv_exchange(c, kl, s, k_cur, v_cur, k_next, v_next, recv, send);
     const auto progress = [&] {
       int done = 0;
       if (!recv.empty()) MPI_Testall(static_cast<int>(recv.size()), recv.data(), &done, MPI_STATUSES_IGNORE);
@@ -290,15 +298,7 @@ Gradients<T> ring_backward(MPI_Comm comm, const Tensor<T>& q_shard, const Tensor
     inject_fault_if_requested(c.rank, s);
     const int owner = RingSchedule::kv_owner(c.rank, s, c.ranks);
     Tensor<T> k_next, v_next;
-    if (s + 1 < c.ranks) {
-      const int incoming = RingSchedule::kv_owner(c.rank, s + 1, c.ranks);
-      k_next = block_like(k_shard, kl.shard_length(incoming));
-      v_next = block_like(v_shard, kl.shard_length(incoming));
-      post_recv(k_next, c.prev, kTagK, comm, kv_recv);
-      post_recv(v_next, c.prev, kTagV, comm, kv_recv);
-      post_send(k_cur, c.next, kTagK, comm, kv_send);
-      post_send(v_cur, c.next, kTagV, comm, kv_send);
-    }
+    post_kv_exchange(c, kl, s, k_cur, v_cur, k_next, v_next, kv_recv, kv_send);
     // The partial dK/dV of the block held now, as rank r-1 left it after its step s-1: in flight
     // while this rank accumulates its own contribution into fresh buffers.
     Tensor<T> dk_in, dv_in;
