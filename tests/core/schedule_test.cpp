@@ -28,18 +28,6 @@ using ringattn::SequenceLayout;
 using ringattn::StepWork;
 using ringattn::test::ThrowsError;
 
-AttentionShape make_shape(std::int64_t b, std::int64_t sq, std::int64_t skv, std::int64_t hq,
-                          std::int64_t hkv, std::int64_t d) {
-  AttentionShape s;
-  s.batch = b;
-  s.seq_q = sq;
-  s.seq_kv = skv;
-  s.heads_q = hq;
-  s.heads_kv = hkv;
-  s.head_dim = d;
-  return s;
-}
-
 std::int64_t chunks(Layout kind, int n) { return kind == Layout::Zigzag ? 2 * n : n; }
 
 // Brute force: number of pairs with key position <= query position (all pairs if not causal).
@@ -170,12 +158,12 @@ TEST(RingSchedule, ConstructorRejectsDisagreeingLayouts) {
 
 TEST(RingSchedule, ForShapeRejectsTooShortSequences) {
   EXPECT_TRUE(ThrowsError(
-      [] { (void)RingSchedule::for_shape(make_shape(1, 7, 7, 1, 1, 8), Layout::Zigzag, 4, true); }));
+      [] { (void)RingSchedule::for_shape(AttentionShape{1, 7, 7, 1, 1, 8}, Layout::Zigzag, 4, true); }));
   EXPECT_TRUE(ThrowsError([] {
-    (void)RingSchedule::for_shape(make_shape(1, 3, 16, 1, 1, 8), Layout::Contiguous, 4, true);
+    (void)RingSchedule::for_shape(AttentionShape{1, 3, 16, 1, 1, 8}, Layout::Contiguous, 4, true);
   }));
   EXPECT_TRUE(ThrowsError([] {
-    (void)RingSchedule::for_shape(make_shape(1, 16, 16, 1, 1, 8), Layout::Striped, 0, false);
+    (void)RingSchedule::for_shape(AttentionShape{1, 16, 16, 1, 1, 8}, Layout::Striped, 0, false);
   }));
 }
 
@@ -199,7 +187,7 @@ TEST_P(ScheduleSweep, StepsAgreeWithLayoutsAndBruteForce) {
     if (sq < chunks(kind, n) || skv < chunks(kind, n)) continue;
     SCOPED_TRACE("S_q=" + std::to_string(sq) + " S_kv=" + std::to_string(skv) +
                  (causal ? " causal" : " not causal"));
-    const AttentionShape shape = make_shape(1, sq, skv, 2, 1, 8);
+    const AttentionShape shape = AttentionShape{1, sq, skv, 2, 1, 8};
     const RingSchedule sch = RingSchedule::for_shape(shape, kind, n, causal);
     ASSERT_EQ(sch.ranks(), n);
     ASSERT_EQ(sch.steps(), n);
@@ -280,7 +268,7 @@ INSTANTIATE_TEST_SUITE_P(
 
 TEST(RingScheduleHand, ContiguousCausal) {
   const RingSchedule sch =
-      RingSchedule::for_shape(make_shape(1, 16, 16, 1, 1, 8), Layout::Contiguous, 4, true);
+      RingSchedule::for_shape(AttentionShape{1, 16, 16, 1, 1, 8}, Layout::Contiguous, 4, true);
   for (int s = 0; s < 4; ++s) {
     for (int r = 0; r < 4; ++r) {
       SCOPED_TRACE("step " + std::to_string(s) + " rank " + std::to_string(r));
@@ -303,7 +291,7 @@ TEST(RingScheduleHand, ContiguousCausal) {
 
 TEST(RingScheduleHand, StripedCausal) {
   const RingSchedule sch =
-      RingSchedule::for_shape(make_shape(1, 16, 16, 1, 1, 8), Layout::Striped, 4, true);
+      RingSchedule::for_shape(AttentionShape{1, 16, 16, 1, 1, 8}, Layout::Striped, 4, true);
   for (int s = 0; s < 4; ++s) {
     for (int r = 0; r < 4; ++r) {
       SCOPED_TRACE("step " + std::to_string(s) + " rank " + std::to_string(r));
@@ -330,7 +318,7 @@ TEST(RingScheduleHand, StripedCausal) {
 
 TEST(RingScheduleHand, ZigzagCausal) {
   const RingSchedule sch =
-      RingSchedule::for_shape(make_shape(1, 16, 16, 1, 1, 8), Layout::Zigzag, 4, true);
+      RingSchedule::for_shape(AttentionShape{1, 16, 16, 1, 1, 8}, Layout::Zigzag, 4, true);
   // Rank r holds chunks r and 7-r (2 tokens each). Against another rank's block it sees exactly
   // two full chunks (2 * 4 pairs); at step 0 it sees its own chunks' diagonals plus one full chunk.
   for (int s = 0; s < 4; ++s) {
@@ -344,7 +332,7 @@ TEST(RingScheduleHand, ZigzagCausalNeverIdle) {
   for (int n = 2; n <= 8; ++n) {
     for (std::int64_t s : {2 * std::int64_t{n}, 2 * std::int64_t{n} + 1, 5 * std::int64_t{n} + 3}) {
       const RingSchedule sch =
-          RingSchedule::for_shape(make_shape(1, s, s, 1, 1, 8), Layout::Zigzag, n, true);
+          RingSchedule::for_shape(AttentionShape{1, s, s, 1, 1, 8}, Layout::Zigzag, n, true);
       for (int st = 0; st < n; ++st) {
         for (int r = 0; r < n; ++r) {
           EXPECT_FALSE(sch.work(st, r).idle())
@@ -358,7 +346,7 @@ TEST(RingScheduleHand, ZigzagCausalNeverIdle) {
 TEST(RingScheduleHand, NonCausalAllFull) {
   for (Layout kind : ringattn::all_layouts()) {
     const RingSchedule sch =
-        RingSchedule::for_shape(make_shape(1, 16, 16, 1, 1, 8), kind, 4, false);
+        RingSchedule::for_shape(AttentionShape{1, 16, 16, 1, 1, 8}, kind, 4, false);
     for (int s = 0; s < 4; ++s) {
       for (int r = 0; r < 4; ++r) {
         for (const PairWork& p : sch.work(s, r).pairs) {
@@ -389,7 +377,7 @@ TEST(RingScheduleBalance, ZigzagAndStripedBeatContiguousWhenCausal) {
   for (int n : {4, 8}) {
     const std::int64_t s = 32 * n;
     SCOPED_TRACE("N=" + std::to_string(n) + " S=" + std::to_string(s));
-    const AttentionShape shape = make_shape(1, s, s, 1, 1, 8);
+    const AttentionShape shape = AttentionShape{1, s, s, 1, 1, 8};
     const double contiguous =
         static_cast<double>(critical_path(RingSchedule::for_shape(shape, Layout::Contiguous, n, true)));
     const double striped =
@@ -409,7 +397,7 @@ TEST(RingScheduleBalance, ZigzagAndStripedBeatContiguousWhenCausal) {
 // ---- costs of a step -----------------------------------------------------------------------
 
 TEST(RingScheduleCost, MatchesClosedForm) {
-  const AttentionShape shape = make_shape(2, 37, 37, 8, 2, 64);
+  const AttentionShape shape = AttentionShape{2, 37, 37, 8, 2, 64};
   for (Layout kind : ringattn::all_layouts()) {
     for (bool causal : {false, true}) {
       const int n = 4;
@@ -442,7 +430,7 @@ TEST(RingScheduleCost, MatchesClosedForm) {
 TEST(RingScheduleScale, ThousandsOfRanksOnDemand) {
   const std::int64_t s = std::int64_t{1} << 20;
   const int n = 4096;
-  const AttentionShape shape = make_shape(1, s, s, 8, 8, 128);
+  const AttentionShape shape = AttentionShape{1, s, s, 8, 8, 128};
   for (Layout kind : ringattn::all_layouts()) {
     const RingSchedule sch = RingSchedule::for_shape(shape, kind, n, true);
     const std::int64_t c = s / n;  // 256 tokens per rank

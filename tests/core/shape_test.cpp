@@ -15,23 +15,11 @@ namespace {
 using ringattn::AttentionShape;
 using ringattn::test::ThrowsError;
 
-AttentionShape make(std::int64_t b, std::int64_t sq, std::int64_t skv, std::int64_t hq,
-                    std::int64_t hkv, std::int64_t d) {
-  AttentionShape s;
-  s.batch = b;
-  s.seq_q = sq;
-  s.seq_kv = skv;
-  s.heads_q = hq;
-  s.heads_kv = hkv;
-  s.head_dim = d;
-  return s;
-}
-
 TEST(AttentionShape, ValidShapesPass) {
-  EXPECT_NO_THROW(make(1, 1, 1, 1, 1, 1).validate());
-  EXPECT_NO_THROW(make(2, 7, 33, 8, 2, 64).validate());
-  EXPECT_NO_THROW(make(1, 100, 7, 6, 3, 16).validate());
-  EXPECT_NO_THROW(make(1, 5, 5, 8, 1, 8).validate());
+  EXPECT_NO_THROW((AttentionShape{1, 1, 1, 1, 1, 1}.validate()));
+  EXPECT_NO_THROW((AttentionShape{2, 7, 33, 8, 2, 64}.validate()));
+  EXPECT_NO_THROW((AttentionShape{1, 100, 7, 6, 3, 16}.validate()));
+  EXPECT_NO_THROW((AttentionShape{1, 5, 5, 8, 1, 8}.validate()));
 }
 
 TEST(AttentionShape, DefaultShapeIsInvalid) {
@@ -41,7 +29,7 @@ TEST(AttentionShape, DefaultShapeIsInvalid) {
 TEST(AttentionShape, EveryZeroOrNegativeDimensionThrowsOneLineError) {
   for (int which = 0; which < 6; ++which) {
     for (std::int64_t bad : {std::int64_t{0}, std::int64_t{-3}}) {
-      AttentionShape s = make(2, 7, 9, 4, 2, 16);
+      AttentionShape s = AttentionShape{2, 7, 9, 4, 2, 16};
       std::int64_t* fields[] = {&s.batch, &s.seq_q, &s.seq_kv, &s.heads_q, &s.heads_kv,
                                 &s.head_dim};
       *fields[which] = bad;
@@ -53,31 +41,31 @@ TEST(AttentionShape, EveryZeroOrNegativeDimensionThrowsOneLineError) {
 
 TEST(AttentionShape, HeadsNotMultipleMentionsBothCounts) {
   // H_q = 12 is not a multiple of H_kv = 5: the message must name both numbers.
-  EXPECT_TRUE(ThrowsError([] { make(1, 16, 16, 12, 5, 64).validate(); }, {"12", "5"}));
-  EXPECT_TRUE(ThrowsError([] { make(1, 16, 16, 8, 3, 64).validate(); }, {"8", "3"}));
+  EXPECT_TRUE(ThrowsError([] { AttentionShape{1, 16, 16, 12, 5, 64}.validate(); }, {"12", "5"}));
+  EXPECT_TRUE(ThrowsError([] { AttentionShape{1, 16, 16, 8, 3, 64}.validate(); }, {"8", "3"}));
   // More K/V heads than query heads is never a multiple.
-  EXPECT_TRUE(ThrowsError([] { make(1, 16, 16, 2, 4, 64).validate(); }, {"2", "4"}));
+  EXPECT_TRUE(ThrowsError([] { AttentionShape{1, 16, 16, 2, 4, 64}.validate(); }, {"2", "4"}));
 }
 
 TEST(AttentionShape, DerivedSizes) {
-  const AttentionShape s = make(2, 7, 33, 8, 2, 16);
+  const AttentionShape s = AttentionShape{2, 7, 33, 8, 2, 16};
   EXPECT_EQ(s.group_size(), 4);
   EXPECT_EQ(s.q_elements(), 2 * 7 * 8 * 16);
   EXPECT_EQ(s.kv_elements(), 2 * 33 * 2 * 16);
   EXPECT_EQ(s.lse_elements(), 2 * 8 * 7);
   EXPECT_EQ(s.causal_query_offset(), 33 - 7);
-  EXPECT_EQ(make(1, 33, 7, 1, 1, 8).causal_query_offset(), 7 - 33);
-  EXPECT_EQ(make(1, 9, 9, 1, 1, 8).causal_query_offset(), 0);
+  EXPECT_EQ((AttentionShape{1, 33, 7, 1, 1, 8}.causal_query_offset()), 7 - 33);
+  EXPECT_EQ((AttentionShape{1, 9, 9, 1, 1, 8}.causal_query_offset()), 0);
 }
 
 TEST(AttentionShape, ToStringFormat) {
-  EXPECT_EQ(make(2, 128, 128, 8, 2, 64).to_string(), "B=2 S_q=128 S_kv=128 H_q=8 H_kv=2 D=64");
-  EXPECT_EQ(make(1, 7, 33, 6, 3, 16).to_string(), "B=1 S_q=7 S_kv=33 H_q=6 H_kv=3 D=16");
+  EXPECT_EQ((AttentionShape{2, 128, 128, 8, 2, 64}.to_string()), "B=2 S_q=128 S_kv=128 H_q=8 H_kv=2 D=64");
+  EXPECT_EQ((AttentionShape{1, 7, 33, 6, 3, 16}.to_string()), "B=1 S_q=7 S_kv=33 H_q=6 H_kv=3 D=16");
 }
 
 TEST(AttentionShape, Equality) {
-  EXPECT_EQ(make(1, 2, 3, 4, 2, 8), make(1, 2, 3, 4, 2, 8));
-  EXPECT_NE(make(1, 2, 3, 4, 2, 8), make(1, 2, 3, 4, 1, 8));
+  EXPECT_EQ((AttentionShape{1, 2, 3, 4, 2, 8}), (AttentionShape{1, 2, 3, 4, 2, 8}));
+  EXPECT_NE((AttentionShape{1, 2, 3, 4, 2, 8}), (AttentionShape{1, 2, 3, 4, 1, 8}));
 }
 
 TEST(TensorShape, ShapeStringAndCount) {
