@@ -15,6 +15,7 @@
 
 #include <cstdint>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "ringattn/core/layout.hpp"
@@ -42,6 +43,8 @@ struct Positions {
 [[nodiscard]] MaskClass classify_mask(Positions q, std::int64_t q_len, Positions k,
                                       std::int64_t k_len, bool causal);
 /// Number of (query, key) pairs with key position <= query position (all pairs when not causal).
+/// Closed form in O(log(stride)) time (a floor sum), for any offsets and lengths whose product
+/// q_len * k_len fits in 64 bits.
 [[nodiscard]] std::int64_t visible_pairs(Positions q, std::int64_t q_len, Positions k,
                                          std::int64_t k_len, bool causal);
 
@@ -58,6 +61,7 @@ struct PairWork {
   std::int64_t k_local = 0;   ///< first key row in the block's local buffer
   MaskClass mask = MaskClass::Full;  ///< mask class of the pair
   std::int64_t visible = 0;   ///< visible (query, key) pairs, per batch element and head
+  friend bool operator==(const PairWork&, const PairWork&) = default;
 };
 
 /// What one rank does at one ring step.
@@ -65,10 +69,13 @@ struct StepWork {
   int step = 0;      ///< s
   int rank = 0;      ///< r
   int kv_owner = 0;  ///< (r - s) mod N: the rank the K/V block started on
-  std::vector<PairWork> pairs;   ///< every (query segment, key segment) pair, Skip ones included
+  /// Every (query segment, key segment) pair, Skip ones included; for a sub-block, those whose
+  /// key segment has rows in it
+  std::vector<PairWork> pairs;
   std::int64_t visible = 0;      ///< sum of visible pairs over the step
   /// True when every pair is Skip: the rank only forwards the block this step.
   [[nodiscard]] bool idle() const { return visible == 0; }
+  friend bool operator==(const StepWork&, const StepWork&) = default;
 };
 
 /// Cost of one rank's ring step, for one attention layer (all batch elements and heads).
@@ -106,9 +113,27 @@ class RingSchedule {
   [[nodiscard]] static int prev_rank(int rank, int ranks) { return (rank + ranks - 1) % ranks; }
 
   /// Work of rank @p rank at step @p step, computed on demand (the schedule stores only its
-  /// layouts, so it costs O(N) memory even for thousands of ranks; a call costs O(shard length)
-  /// for partially masked pairs and O(1) otherwise).
+  /// layouts, so it costs O(N) memory even for thousands of ranks; a call costs
+  /// O(log(stride)) per segment pair, see visible_pairs). Equals
+  /// work(step, rank, 0, kv_layout().shard_length(kv_owner)).
   [[nodiscard]] StepWork work(int step, int rank) const;
+  /// Work of rank @p rank at step @p step against only the rows [@p kv_begin, @p kv_end) of the
+  /// held block's local buffer: a sub-block sent as its own message. Each pair's k, k_rows and
+  /// k_local describe the key segment's rows inside the range (k.offset is the position of the
+  /// first such row, same stride); pairs whose key segment has no row in the range are omitted,
+  /// so StepWork::pairs may be shorter than for the whole block. Throws ringattn::Error unless
+  /// 0 <= kv_begin < kv_end <= the block's shard length and step and rank are in range.
+  [[nodiscard]] StepWork work(int step, int rank, std::int64_t kv_begin,
+                              std::int64_t kv_end) const;
+  /// The same as work(step, rank, kv_begin, kv_end), written into @p out (its pair storage is
+  /// reused, so a caller asking for millions of steps, like the simulator, does not allocate).
+  void work(int step, int rank, std::int64_t kv_begin, std::int64_t kv_end, StepWork& out) const;
+  /// Local row range [first, last) of sub-block @p index when a block of @p rows rows is sent as
+  /// @p parts messages, balanced like the layouts: [floor(index*rows/parts),
+  /// floor((index+1)*rows/parts)), so sizes differ by at most one. Throws ringattn::Error unless
+  /// 1 <= parts <= rows and 0 <= index < parts.
+  [[nodiscard]] static std::pair<std::int64_t, std::int64_t> sub_block(std::int64_t rows,
+                                                                       int parts, int index);
   /// Cost of rank @p rank at step @p step for @p shape with elements of @p elem_bytes bytes
   /// moving as K/V and gradients of @p grad_bytes bytes moving as dK/dV.
   [[nodiscard]] StepCost cost(int step, int rank, const AttentionShape& shape, int elem_bytes,
