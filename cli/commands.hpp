@@ -13,6 +13,8 @@ using Runner = std::function<int()>;
 Runner add_attention_command(CLI::App& app);
 /// `ringattn decode`: flash-decoding of a few queries against a K/V cache.
 Runner add_decode_command(CLI::App& app);
+/// `ringattn simulate`: the discrete-event simulator of the ring.
+Runner add_simulate_command(CLI::App& app);
 /// `ringattn demo`: the reference's paths against naive attention on random inputs.
 Runner add_demo_command(CLI::App& app);
 

@@ -1,6 +1,7 @@
 // ringattn: Ring Attention, taught, implemented and simulated. One executable, subcommands:
 //   attention  forward (and backward) attention on .npy files, naive | blockwise | ring
 //   decode     flash-decoding of a few queries against a long K/V cache
+//   simulate   predict a ring attention layer on a cluster (discrete-event simulator)
 //   demo       the reference's paths against naive attention, with errors and timings
 // Every error is one line on stderr and a non-zero exit; outputs are written all or none.
 #include <CLI/CLI.hpp>
@@ -18,6 +19,7 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", "ringattn 0.1.0");
   std::vector<ringattn::cli::Runner> runners = {ringattn::cli::add_attention_command(app),
                                                 ringattn::cli::add_decode_command(app),
+                                                ringattn::cli::add_simulate_command(app),
                                                 ringattn::cli::add_demo_command(app)};
   try {
     app.parse(argc, argv);

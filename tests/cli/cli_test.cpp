@@ -233,8 +233,29 @@ class CliRejects : public CliTest, public ::testing::WithParamInterface<BadCase>
                                                              static_cast<std::streamsize>(bytes.size()));
     std::ofstream(path("text.npy")) << "not a numpy file\n";
     fs::create_directories(dir_ / "adir.npy");
+    std::ofstream(path("bad.json")) << "{\"name\": \"x\", \"device\": {\n";
+    std::ofstream(path("zero.json")) << R"({"name": "z", "device": {"name": "d", "peak_tflops": {"bf16": 100, "fp16": 100},
+      "memory_gib": 80, "memory_bandwidth_gbps": 2000}, "intra_node_link": {"bandwidth_gbps": 0}})";
   }
 };
+
+TEST_F(CliTest, SimulateWritesTraceAndCsv) {
+  const CliRun r = run("simulate --cluster dgx-h100-ib --devices 16 --seq-len 65536 --heads 8 --kv-heads 2 "
+                       "--head-dim 128 --causal --layout zigzag --pass fwd+bwd --json --trace " + path("t.json") +
+                       " --csv " + path("r.csv"));
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_TRUE(fs::is_regular_file(path("t.json")));
+  EXPECT_GT(fs::file_size(path("t.json")), 1000u);
+  std::ifstream csv(path("r.csv"));
+  std::string header, row, extra;
+  EXPECT_TRUE(std::getline(csv, header) && std::getline(csv, row));
+  EXPECT_FALSE(std::getline(csv, extra));
+  EXPECT_EQ(header.rfind("value,layout,devices,seq_len,block_size,total_time_s", 0), 0u);
+  const CliRun s = run("simulate --cluster a100-nvlink --devices 8 --block-size 4096 --heads 8 --head-dim 128 --ideal "
+                       "--sweep block-size --csv " + path("s.csv"));
+  EXPECT_EQ(s.code, 0) << s.err;
+  EXPECT_TRUE(fs::is_regular_file(path("s.csv")));
+}
 
 TEST_P(CliRejects, OneLineNoOutput) {
   write_inputs();
@@ -249,6 +270,7 @@ TEST_P(CliRejects, OneLineNoOutput) {
 }
 
 const std::string kQKV = " --q {d}/q.npy --k {d}/k.npy --v {d}/v.npy --out {d}/o.npy --lse {d}/lse.npy";
+const std::string kSimOut = " --trace {d}/trace.json --csv {d}/out.csv";
 const std::string kBwd = " --dout {d}/do.npy --dq {d}/dq.npy --dk {d}/dk.npy --dv {d}/dv.npy";
 
 INSTANTIATE_TEST_SUITE_P(
@@ -282,7 +304,24 @@ INSTANTIATE_TEST_SUITE_P(
         BadCase{"MissingRequired", "attention --q {d}/q.npy --k {d}/k.npy --out {d}/o.npy", "--v"},
         BadCase{"DecodeZeroSplits", "decode --q {d}/q.npy --k {d}/k.npy --v {d}/v.npy --splits 0 --out {d}/o.npy", "splits"},
         BadCase{"DecodeBadSplits", "decode --q {d}/q.npy --k {d}/k.npy --v {d}/v.npy --splits two --out {d}/o.npy", "splits"},
-        BadCase{"NoSubcommand", "", "subcommand"}),
+        BadCase{"NoSubcommand", "", "subcommand"},
+        BadCase{"SimUnknownPreset", "simulate --cluster h100 --devices 8 --seq-len 8192 --heads 8 --head-dim 128" + kSimOut, "not a preset"},
+        BadCase{"SimMalformedJson", "simulate --cluster {d}/bad.json --devices 8 --seq-len 8192 --heads 8 --head-dim 128" + kSimOut, "bad.json"},
+        BadCase{"SimZeroBandwidth", "simulate --cluster {d}/zero.json --devices 8 --seq-len 8192 --heads 8 --head-dim 128" + kSimOut, "bandwidth"},
+        BadCase{"SimMissingFile", "simulate --cluster {d}/none.json --devices 8 --seq-len 8192 --heads 8 --head-dim 128" + kSimOut, "none.json"},
+        BadCase{"SimSeqBlockDisagree", "simulate --cluster h100-nvlink --devices 8 --seq-len 1000 --block-size 64 --heads 8 --head-dim 128" + kSimOut, "disagree"},
+        BadCase{"SimNoSequence", "simulate --cluster h100-nvlink --devices 8 --heads 8 --head-dim 128" + kSimOut, "--seq-len"},
+        BadCase{"SimZigzagTooShort", "simulate --cluster h100-nvlink --devices 8 --seq-len 10 --layout zigzag --heads 8 --head-dim 128" + kSimOut, "zigzag"},
+        BadCase{"SimOneBuffer", "simulate --cluster h100-nvlink --devices 8 --seq-len 8192 --buffers 1 --heads 8 --head-dim 128" + kSimOut, "receive buffers"},
+        BadCase{"SimBadDtype", "simulate --cluster h100-nvlink --devices 8 --seq-len 8192 --dtype int8 --heads 8 --head-dim 128" + kSimOut, "int8"},
+        BadCase{"SimNoFp32", "simulate --cluster tpu-v4 --devices 8 --seq-len 8192 --dtype fp32 --heads 8 --head-dim 128" + kSimOut, "fp32"},
+        BadCase{"SimStragglerOutside", "simulate --cluster h100-nvlink --devices 8 --seq-len 8192 --straggler 9:2 --heads 8 --head-dim 128" + kSimOut, "straggler"},
+        BadCase{"SimBadJitter", "simulate --cluster h100-nvlink --devices 8 --seq-len 8192 --jitter abc --heads 8 --head-dim 128" + kSimOut, "--jitter"},
+        BadCase{"SimTraceAndSweep", "simulate --cluster h100-nvlink --devices 8 --seq-len 8192 --sweep layout --heads 8 --head-dim 128" + kSimOut, "cannot be combined"},
+        BadCase{"SimLayersWithoutHidden", "simulate --cluster h100-nvlink --devices 8 --seq-len 8192 --layers 4 --heads 8 --head-dim 128" + kSimOut, "--hidden"},
+        BadCase{"SimHugeTrace", "simulate --cluster dgx-h100-ib --devices 4096 --block-size 64 --heads 8 --head-dim 128" + kSimOut, "4 million"},
+        BadCase{"SimZeroDevices", "simulate --cluster h100-nvlink --devices 0 --seq-len 8192 --heads 8 --head-dim 128" + kSimOut, "--devices"},
+        BadCase{"SimUnknownSweep", "simulate --cluster h100-nvlink --devices 8 --seq-len 8192 --sweep heads --heads 8 --head-dim 128 --csv {d}/o.csv", "heads"}),
     [](const ::testing::TestParamInfo<BadCase>& i) { return i.param.name; });
 
 }  // namespace
