@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds the CPU benchmarks (Release) and runs them; docs/results.md records what they printed.
 #
-#   scripts/bench.sh                  bench_summary, then the full bench_attention (~1-2 min each)
-#   scripts/bench.sh --summary-only   only bench_summary (the two acceptance ratios, OK/FAILED)
+#   scripts/bench.sh                  bench_summary, bench_simulator, then the full bench_attention
+#   scripts/bench.sh --summary-only   bench_summary (the two acceptance ratios, OK/FAILED) and
+#                                     bench_simulator (events/s, the 1M-token layer, heap)
 #   scripts/bench.sh -- ARGS...       extra arguments for bench_attention, e.g.
 #                                     -- --benchmark_filter=blockwise --block_q=128 --block_kv=256
 #
@@ -32,7 +33,7 @@ done
 # shellcheck source=timing-build.sh
 source "$root/scripts/timing-build.sh"
 timing_build bench.sh
-cmake --build "$build" -j"$jobs" --target bench_attention bench_summary
+cmake --build "$build" -j"$jobs" --target bench_attention bench_summary bench_simulator
 
 bin=$build/bin
 out=$build/bench
@@ -41,6 +42,8 @@ echo "== load before the run: $(uptime)"
 echo "== bench_summary"
 status=0
 "$bin/bench_summary" | tee "$out/summary.txt" || status=$?
+echo "== bench_simulator"
+"$bin/bench_simulator" | tee "$out/simulator.txt" || true
 if [[ $summary_only == 0 ]]; then
   echo "== bench_attention"
   "$bin/bench_attention" --benchmark_format=console \
@@ -53,6 +56,7 @@ fi
 echo "== load after the run: $(uptime)"
 echo "== results:"
 echo "   $out/summary.txt"
+echo "   $out/simulator.txt"
 if [[ $summary_only == 0 ]]; then
   echo "   $out/bench_attention.txt"
   echo "   $out/results.json"

@@ -383,21 +383,24 @@ class Ring {
     q_.schedule(now + t, static_cast<std::uint32_t>(2 * d + 1));
   }
 
-  // Releases the K/V receive buffers of device d whose block is computed on and forwarded.
-  void release_kv(int d) {
+  // Releases the K/V receive buffers of device d whose block is computed on and forwarded;
+  // true if any was released.
+  bool release_kv(int d) {
     Dev& x = dev_[static_cast<std::size_t>(d)];
     const std::int64_t per_pass = m_ - k_;  // messages received per pass
+    bool any = false;
     while (true) {
       const std::int64_t r = x.kv_released;
-      if (r >= (bwd_ ? 2 : 1) * per_pass) return;
+      if (r >= (bwd_ ? 2 : 1) * per_pass) return any;
       const bool bwd_msg = r >= per_pass;
       const std::int64_t m = k_ + (bwd_msg ? r - per_pass : r);
       const bool last = step_of(m) == n_ - 1;
       const bool computed = x.c_done > (bwd_msg ? idx_bwd(m) : m);
       const bool forwarded = last || x.l_done > (bwd_msg ? idx_kvb(m) : m);
-      if (!computed || !forwarded) return;
+      if (!computed || !forwarded) return any;
       x.kv.release();
       ++x.kv_released;
+      any = true;
     }
   }
 
@@ -414,10 +417,12 @@ class Ring {
     if (kind == CTask::Fwd && m == m_ - 1) x.fwd_end = q_.now();
     flops_ += x.c_span.flops;
     emit(x.c_span);
-    release_kv(d);
+    // Only what this completion can unblock: the next task here, this device's link (a dK/dV
+    // send waits for its add), and the previous device's link when a buffer here was freed.
+    const bool freed = release_kv(d) || kind == CTask::Add;
     try_compute(d);
     try_link(d);
-    if (n_ > 1) try_link(prev(d));
+    if (freed && n_ > 1) try_link(prev(d));
   }
 
   void on_link_done(int d) {
@@ -427,13 +432,13 @@ class Ring {
     ++x.l_done;
     if (kind == LTask::Dkv) x.acc.release();
     emit(x.l_span);
-    release_kv(d);
+    const bool freed = release_kv(d);
     const int nx = next(d);
     try_link(d);
-    try_compute(nx);
-    try_link(nx);
-    try_link(prev(d));
-    try_compute(d);
+    try_compute(nx);  // the message arrived
+    try_link(nx);     // ... and can be forwarded
+    if (freed) try_link(prev(d));
+    if (kind == LTask::Dkv) try_compute(d);  // an accumulator was freed
   }
 
   SimResult result() const {
