@@ -522,10 +522,12 @@ double KernelModel::efficiency(std::int64_t batch_heads, std::int64_t q_rows, st
     const auto raw = [this](double d) { return d / (d + half_head_dim); };
     d_factor = raw(head_dim) / raw(128.0);
   }
-  double waves_factor = 1.0;
+  double waves_factor = 1.0, tile_factor = 1.0;
   if (sm_count > 0) {
     const std::int64_t tiles = q_rows / tile_rows + (q_rows % tile_rows != 0 ? 1 : 0);
     const auto sms = static_cast<double>(sm_count);
+    // A partial last tile costs a whole thread block: only q_rows of tiles * tile_rows rows work.
+    tile_factor = static_cast<double>(q_rows) / (static_cast<double>(tiles) * tile_rows);
     if (tiles <= std::numeric_limits<std::int64_t>::max() / batch_heads) {
       const std::int64_t blocks = batch_heads * tiles;
       const std::int64_t waves = blocks / sm_count + (blocks % sm_count != 0 ? 1 : 0);
@@ -536,7 +538,7 @@ double KernelModel::efficiency(std::int64_t batch_heads, std::int64_t q_rows, st
       waves_factor = blocks / (std::ceil(blocks / sms) * sms);
     }
   }
-  return std::max(1e-6, std::min(1.0, max_efficiency * kv_factor * d_factor) * waves_factor);
+  return std::max(1e-6, std::min(1.0, max_efficiency * kv_factor * d_factor) * waves_factor * tile_factor);
 }
 
 void KernelModel::validate() const { validate_kernel(*this, "kernel"); }

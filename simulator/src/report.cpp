@@ -40,10 +40,14 @@ std::string setup_lines(const RunInfo& info) {
     << fmt("%.4g", c.device.peak_flops(w.dtype) / 1e12) << " TFLOP/s " << to_string(w.dtype) << ", "
     << gib(c.device.memory_bytes) << ")";
   if (nodes > 1) o << " in " << nodes << " nodes of " << c.devices_per_node;
-  o << "\n          ring hops: " << (c.intra_node.name.empty() ? "intra-node" : c.intra_node.name) << " "
-    << fmt("%.4g", c.intra_node.bandwidth / 1e9) << " GB/s";
+  const bool all_inter = c.devices_per_node == 1 && n > 1 && c.inter_node;  // one device per node
+  if (!all_inter)
+    o << "\n          ring hops: " << (c.intra_node.name.empty() ? "intra-node" : c.intra_node.name) << " "
+      << fmt("%.4g", c.intra_node.bandwidth / 1e9) << " GB/s";
+  else
+    o << "\n          ring hops: every hop";
   if (nodes > 1 && c.inter_node)
-    o << ", between nodes " << (c.inter_node->name.empty() ? "inter-node" : c.inter_node->name) << " "
+    o << (all_inter ? " " : ", between nodes ") << (c.inter_node->name.empty() ? "inter-node" : c.inter_node->name) << " "
       << fmt("%.4g", c.inter_node->bandwidth / 1e9) << " GB/s";
   o << " per direction\n";
   o << "workload  B=" << w.batch << " S=" << w.seq_len << " (" << w.seq_len / n << (w.seq_len % n ? "+" : "")
@@ -153,6 +157,10 @@ std::string format_sweep_text(const RunInfo& info, const SweepResult& s) {
     o << "\n  recommended block (exposed communication <= 5% of the layer): "
       << (s.recommended_block_size ? std::to_string(*s.recommended_block_size) + " tokens per device"
                                    : std::string("none in the range"))
+      << (s.recommended_block_size && !info.ideal && !s.points.empty() &&
+                  *s.recommended_block_size == s.points.front().result.block_size
+              ? " (the smallest block of the sweep; lower --sweep-min to look further)"
+              : "")
       << "\n";
     if (info.ideal)
       o << "  smallest block with no exposed communication (ideal model): "
@@ -196,17 +204,19 @@ std::string sweep_json(const RunInfo& info, const SweepResult& s) {
 std::string results_csv(const std::vector<SweepPoint>& points) {
   std::ostringstream o;
   o << "value,layout,devices,seq_len,block_size,total_time_s,forward_time_s,compute_time_s,mean_compute_time_s,"
-       "exposed_comm_s,overlap_efficiency,load_imbalance,link_busy_s,flops,peak_memory_bytes,fits_in_memory,mfu,"
-       "events\n";
+       "exposed_comm_s,overlap_efficiency,load_imbalance,link_busy_s,flops,achieved_flops_per_device,peak_memory_bytes,"
+       "fits_in_memory,mfu,model_step_time_s,events\n";
   o.precision(17);
   for (const SweepPoint& p : points) {
     const SimResult& r = p.result;
     o << p.label << ',' << to_string(p.workload.layout) << ',' << r.devices << ',' << r.seq_len << ','
       << r.block_size << ',' << r.total_time_s << ',' << r.forward_time_s << ',' << r.compute_time_s << ','
       << r.mean_compute_time_s << ',' << r.exposed_comm_s << ',' << r.overlap_efficiency << ','
-      << r.load_imbalance << ',' << r.link_busy_s << ',' << r.flops << ',' << r.peak_memory_bytes << ','
-      << (r.fits_in_memory ? "true" : "false") << ',';
+      << r.load_imbalance << ',' << r.link_busy_s << ',' << r.flops << ',' << r.achieved_flops_per_device << ','
+      << r.peak_memory_bytes << ',' << (r.fits_in_memory ? "true" : "false") << ',';
     if (r.mfu) o << *r.mfu;
+    o << ',';
+    if (r.model_step_time_s) o << *r.model_step_time_s;
     o << ',' << r.events << '\n';
   }
   return o.str();

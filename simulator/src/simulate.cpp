@@ -599,18 +599,27 @@ SweepResult sweep(const ClusterSpec& cluster, int devices, const Workload& workl
     const SimResult r = simulate(cluster, devices, with_block(workload, devices, c), quiet);
     return r.total_time_s > 0 ? r.exposed_comm_s / r.total_time_s : 0.0;
   };
+  // The answer is the smallest block from which on every larger grid block passes: search up
+  // from the largest failing grid block (small blocks can pass too, when launch overheads and
+  // slow small kernels make the compute long, but those are not blocks anyone should pick).
   auto find = [&](double limit) -> std::optional<std::int64_t> {
-    std::int64_t below = min_valid_block(workload) - 1;  // largest block known to fail (or none)
-    for (const SweepPoint& p : out.points) {
-      const double ratio = p.result.total_time_s > 0 ? p.result.exposed_comm_s / p.result.total_time_s : 0.0;
-      if (ratio <= limit) {
-        const std::int64_t hi = p.result.block_size;
-        if (below + 1 >= hi) return hi;
-        return smallest_block(below + 1, hi, [&](std::int64_t c) { return exposed_ratio(c) <= limit; });
-      }
-      below = p.result.block_size;
+    auto passes = [&](const SimResult& r) {
+      return (r.total_time_s > 0 ? r.exposed_comm_s / r.total_time_s : 0.0) <= limit;
+    };
+    std::size_t first_ok = out.points.size();
+    for (std::size_t i = out.points.size(); i-- > 0;) {
+      if (!passes(out.points[i].result)) break;
+      first_ok = i;
     }
-    return std::nullopt;
+    if (first_ok == out.points.size()) return std::nullopt;  // the largest block fails
+    const std::int64_t hi = out.points[first_ok].result.block_size;
+    // Every grid block passes: under --ideal exposure falls monotonically with the block, so
+    // bisect below the grid; in the full model say the smallest grid block (--sweep-min lower
+    // to look further).
+    if (first_ok == 0 && !options.ideal) return hi;
+    const std::int64_t below = first_ok == 0 ? min_valid_block(workload) - 1 : out.points[first_ok - 1].result.block_size;
+    if (below + 1 >= hi) return hi;
+    return smallest_block(below + 1, hi, [&](std::int64_t c) { return exposed_ratio(c) <= limit; });
   };
   out.recommended_block_size = find(0.05);
   if (options.ideal) out.min_overlapped_block = find(1e-9);

@@ -563,8 +563,8 @@ TEST(KernelEfficiency, WaveQuantization) {
   EXPECT_DOUBLE_EQ(k.efficiency(1, 128 * 133, 4096, 128), 0.5 * 133.0 / 264.0);
   EXPECT_EQ(k.efficiency(132, 128, 4096, 128), 0.5);        // exactly one full wave
   EXPECT_EQ(k.efficiency(1, 128 * 264, 4096, 128), 0.5);    // exactly two
-  EXPECT_DOUBLE_EQ(k.efficiency(1, 129, 4096, 128), 0.5 * 2.0 / 132.0);  // 129 rows: 2 tiles
-  EXPECT_DOUBLE_EQ(k.efficiency(3, 100, 4096, 128), 0.5 * 3.0 / 132.0);
+  EXPECT_DOUBLE_EQ(k.efficiency(1, 129, 4096, 128), 0.5 * 2.0 / 132.0 * 129.0 / 256.0);  // 2 tiles, the 2nd nearly empty
+  EXPECT_DOUBLE_EQ(k.efficiency(3, 100, 4096, 128), 0.5 * 3.0 / 132.0 * 100.0 / 128.0);
   k.tile_rows = 64;
   EXPECT_DOUBLE_EQ(k.efficiency(1, 128 * 133, 4096, 128), 0.5 * 266.0 / 396.0);
   // Astronomically many blocks: no overflow, no partial wave to speak of.

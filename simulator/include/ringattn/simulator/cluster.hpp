@@ -40,7 +40,8 @@ struct EfficiencyPoint {
 ///   eff = max_efficiency * kv/(kv + half_tokens) * g(D) * waves(q),
 /// with g(D) = [D/(D + half_head_dim)] / [128/(128 + half_head_dim)] (1 at D = 128, capped so
 /// eff <= 1) and waves(q) the wave quantization of B*H_q*ceil(q/tile_rows) thread blocks over
-/// `sm_count` multiprocessors (1 when sm_count is 0).
+/// `sm_count` multiprocessors times the fill of the last tile, q / (ceil(q/tile_rows)*tile_rows)
+/// (both 1 when sm_count is 0).
 /// With a measured `table`, the points of the nearest head dim are interpolated linearly in
 /// log2(tokens) and clamped at both ends; the curve is not used.
 struct KernelModel {

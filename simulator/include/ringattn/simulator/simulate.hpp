@@ -1,8 +1,8 @@
 /// @file simulate.hpp
 /// @brief Simulating one attention layer of ring attention on a cluster, and sweeps over it.
 ///
-/// The tasks come from core's RingSchedule, the same schedule the reference, MPI and CUDA rings
-/// run: at step s device d computes on the K/V block of device (d - s) mod N while it forwards
+/// The tasks come from core's RingSchedule, the same schedule the reference and MPI rings run
+/// (and the CUDA ring is to run): at step s device d computes on the K/V block of device (d - s) mod N while it forwards
 /// that block to d + 1. Per device there is a compute stream and a communication engine that
 /// feeds the device's outgoing link (a FIFO); both run their tasks in program order, a task
 /// starting when its dependencies are done and its resource is free. Received blocks occupy
@@ -132,8 +132,9 @@ struct SweepPoint {
 struct SweepResult {
   SweepKind kind = SweepKind::BlockSize;
   std::vector<SweepPoint> points;
-  /// Smallest block with exposed communication at most 5% of the layer time (block-size sweeps),
-  /// found by bisection between the grid points; empty if no block up to the largest qualifies.
+  /// Smallest block with exposed communication at most 5% of the layer time from which on every
+  /// larger grid block qualifies too (block-size sweeps): bisection between the largest failing
+  /// grid block and the next; the smallest grid block if all qualify; empty if the largest fails.
   std::optional<std::int64_t> recommended_block_size;
   /// Under --ideal: the smallest block with no exposed communication at all (block-size sweeps).
   std::optional<std::int64_t> min_overlapped_block;
