@@ -58,29 +58,6 @@ constexpr std::uint64_t kMaxHeaderLen = std::uint64_t{16} << 20;
 
 std::string errno_message(int err) { return std::generic_category().message(err); }
 
-// Renders untrusted text for a one-line message: control bytes (and, when @p escape_high,
-// bytes >= 0x80) become \xNN, and the result is cut at @p max_len characters.
-std::string printable(std::string_view s, bool escape_high = true,
-                      std::size_t max_len = std::string_view::npos) {
-  static constexpr char kHex[] = "0123456789abcdef";
-  std::string out;
-  for (const char ch : s) {
-    if (out.size() >= max_len) {
-      out += "...";
-      break;
-    }
-    const auto c = static_cast<unsigned char>(ch);
-    if (c < 0x20 || c == 0x7f || (escape_high && c >= 0x80)) {
-      out += "\\x";
-      out += kHex[c >> 4];
-      out += kHex[c & 0xf];
-    } else {
-      out += ch;
-    }
-  }
-  return out;
-}
-
 // A shape for a message; a corrupted header may declare thousands of dimensions.
 std::string shape_for_message(const std::vector<std::int64_t>& shape) {
   std::string s = shape_string(shape);

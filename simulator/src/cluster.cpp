@@ -36,27 +36,9 @@ using OrderedJson = nlohmann::ordered_json;
 
 // ---- one-line messages ----------------------------------------------------------------------
 
-// Untrusted text (a path, a key, a value) for a one-line message: control bytes become \xNN and
-// long text is cut.
-std::string printable(std::string_view s, std::size_t max_len = 80) {
-  static constexpr char kHex[] = "0123456789abcdef";
-  std::string out;
-  for (const char ch : s) {
-    if (out.size() >= max_len) {
-      out += "...";
-      break;
-    }
-    const auto c = static_cast<unsigned char>(ch);
-    if (c < 0x20 || c == 0x7f) {
-      out += "\\x";
-      out += kHex[c >> 4];
-      out += kHex[c & 0xf];
-    } else {
-      out += ch;
-    }
-  }
-  return out;
-}
+// Untrusted text (a path, a key, a value) for a one-line message: control bytes escaped,
+// UTF-8 kept, cut at max_len characters.
+std::string printable(std::string_view s, std::size_t max_len = 80) { return ringattn::printable(s, false, max_len); }
 
 // Shortest text that reads back as @p x ("0.05", not "0.050000000000000003"; "nan", "inf").
 std::string num(double x) {

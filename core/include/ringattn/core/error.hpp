@@ -2,9 +2,11 @@
 /// @brief The one exception type every ringattn entry point throws for bad input.
 #pragma once
 
+#include <cstddef>
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <utility>
 
 namespace ringattn {
@@ -29,5 +31,11 @@ template <class... Parts>
 void require(bool condition, Parts&&... parts) {
   if (!condition) fail(std::forward<Parts>(parts)...);
 }
+
+/// Untrusted text (a path, a JSON key, a header field) made safe for a one-line message: control
+/// bytes, and bytes >= 0x80 when @p escape_high, become \xNN; the result is cut at @p max_len
+/// characters with "...".
+[[nodiscard]] std::string printable(std::string_view text, bool escape_high = true,
+                                    std::size_t max_len = std::string_view::npos);
 
 }  // namespace ringattn
