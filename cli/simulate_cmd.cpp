@@ -12,6 +12,7 @@
 
 #include "commands.hpp"
 #include "ringattn/core/error.hpp"
+#include "ringattn/core/npy.hpp"
 #include "ringattn/simulator/report.hpp"
 #include "ringattn/simulator/simulate.hpp"
 
@@ -29,13 +30,8 @@ struct SimArgs {
   bool causal = false, ideal = false, json = false, list_presets = false;
 };
 
-// Spans a trace would hold: every compute task and transfer of every device.
-double predicted_spans(const sim::Workload& w, int n) {
-  const double k = w.sub_blocks, m = double(n) * k;
-  const bool bwd = w.pass == sim::Pass::ForwardBackward;
-  const double compute = m + (bwd ? 1 + m + (m - k) : 0);
-  const double link = n > 1 ? (m - k) + (bwd ? (m - k) + m : 0) : 0;
-  return double(n) * (compute + link);
+void write_text(const std::string& path, const std::string& text) {
+  write_file_atomic(path, std::as_bytes(std::span(text.data(), text.size())));
 }
 
 int run(const SimArgs& a) {
@@ -59,7 +55,7 @@ int run(const SimArgs& a) {
   if (a.comm_slowdown) cluster.device.comm_slowdown = *a.comm_slowdown;
   if (!a.straggler.empty()) {
     const auto colon = a.straggler.find(':');
-    require(colon != std::string::npos, "--straggler takes DEVICE:SLOWDOWN, e.g. 3:1.5, got '", a.straggler, "'");
+    require(colon != std::string::npos, "--straggler takes DEVICE:SLOWDOWN, e.g. 3:1.5, got '", printable(a.straggler), "'");
     try {
       std::size_t used1 = 0, used2 = 0;
       const int dev = std::stoi(a.straggler.substr(0, colon), &used1);
@@ -67,7 +63,7 @@ int run(const SimArgs& a) {
       require(used1 == colon && used2 == a.straggler.size() - colon - 1, "bad number");
       cluster.straggler = sim::Straggler{dev, slow};
     } catch (const std::exception&) {
-      fail("--straggler takes DEVICE:SLOWDOWN, e.g. 3:1.5, got '", a.straggler, "'");
+      fail("--straggler takes DEVICE:SLOWDOWN, e.g. 3:1.5, got '", printable(a.straggler), "'");
     }
   }
   if (!a.jitter.empty()) {
@@ -82,7 +78,7 @@ int run(const SimArgs& a) {
         require(used == seed.size() && seed[0] != '-', "bad seed");
       }
     } catch (const std::exception&) {
-      fail("--jitter takes SIGMA or SIGMA:SEED, e.g. 0.05:7, got '", a.jitter, "'");
+      fail("--jitter takes SIGMA or SIGMA:SEED, e.g. 0.05:7, got '", printable(a.jitter), "'");
     }
   }
   cluster.validate();
@@ -130,23 +126,23 @@ int run(const SimArgs& a) {
       if (el > 1.0) std::fprintf(stderr, "simulate: %d/%d points (%.1f s)\n", done, total, el);
     };
     const sim::SweepResult s = sim::sweep(cluster, a.devices, w, kind, opt, so, a.seq_len.has_value());
-    if (!a.csv.empty()) sim::write_text_file(a.csv, sim::results_csv(s.points));
+    if (!a.csv.empty()) write_text(a.csv, sim::results_csv(s.points));
     std::cout << (a.json ? sim::sweep_json(info, s) + "\n" : sim::format_sweep_text(info, s));
     return 0;
   }
 
   std::unique_ptr<sim::ChromeTraceWriter> trace;
   if (!a.trace.empty()) {
-    const double spans = predicted_spans(w, a.devices);
-    require(spans <= 4e6, "--trace would hold ", static_cast<long long>(spans),
-            " spans (more than 4 million; about ", static_cast<long long>(spans * 200 / 1e6),
+    const std::uint64_t spans = sim::task_count(w, a.devices);
+    require(spans <= 4'000'000, "--trace would hold ", spans,
+            " spans (more than 4 million; about ", spans * 200 / 1'000'000,
             " MB): trace a smaller ring or fewer sub-blocks");
     trace = std::make_unique<sim::ChromeTraceWriter>(a.trace, cluster, a.devices);
     opt.on_span = [&trace](const sim::Span& s) { trace->add(s); };
   }
   const sim::SimResult r = sim::simulate(cluster, a.devices, w, opt);
   // Outputs all or none: the CSV is staged before the trace is renamed into place.
-  if (!a.csv.empty()) sim::write_text_file(a.csv, sim::results_csv({sim::SweepPoint{"run", w, r}}));
+  if (!a.csv.empty()) write_text(a.csv, sim::results_csv({sim::SweepPoint{"run", w, r}}));
   if (trace) trace->finish();
   std::cout << (a.json ? sim::result_json(info, r) + "\n" : sim::format_text(info, r));
   if (trace && !a.json) std::cout << "\ntrace: " << a.trace << " (" << trace->spans() << " spans; open in Perfetto or chrome://tracing)\n";

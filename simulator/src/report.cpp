@@ -4,7 +4,6 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <unistd.h>
@@ -119,8 +118,7 @@ std::string format_text(const RunInfo& info, const SimResult& r) {
   if (info.workload.pass == Pass::ForwardBackward) row("  forward ends at", seconds(r.forward_time_s));
   row("compute, busiest device", seconds(r.compute_time_s));
   row("compute, mean over devices", seconds(r.mean_compute_time_s));
-  row("exposed communication", seconds(r.exposed_comm_s) + fmt("  (%.1f %% of the layer)",
-                                                                  r.total_time_s > 0 ? 100 * r.exposed_comm_s / r.total_time_s : 0));
+  row("exposed communication", seconds(r.exposed_comm_s) + fmt("  (%.1f %% of the layer)", 100 * r.exposed_fraction()));
   row("overlap efficiency", fmt("%.4f", r.overlap_efficiency) + "  (busiest compute / layer time)");
   row("load imbalance", fmt("%.4f", r.load_imbalance) + "  (busiest / mean compute)");
   row("busiest link busy", seconds(r.link_busy_s));
@@ -227,27 +225,6 @@ std::string temp_name(const std::string& path) {
   return path + ".tmp." + std::to_string(::getpid());
 }
 }  // namespace
-
-void write_text_file(const std::string& path, const std::string& text) {
-  const std::string tmp = temp_name(path);
-  {
-    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-    require(static_cast<bool>(f), "cannot write ", path, ": ", std::strerror(errno));
-    f << text;
-    f.flush();
-    if (!f) {
-      std::error_code ec;
-      std::filesystem::remove(tmp, ec);
-      fail("cannot write ", path, ": ", std::strerror(errno));
-    }
-  }
-  std::error_code ec;
-  std::filesystem::rename(tmp, path, ec);
-  if (ec) {
-    std::filesystem::remove(tmp, ec);
-    fail("cannot write ", path, ": ", ec.message());
-  }
-}
 
 ChromeTraceWriter::ChromeTraceWriter(std::string path, const ClusterSpec& cluster, int devices)
     : path_(std::move(path)), tmp_(temp_name(path_)) {

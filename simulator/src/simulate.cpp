@@ -103,6 +103,19 @@ double normal_draw(std::uint64_t seed, std::uint64_t device, std::uint64_t task)
   return std::sqrt(-2.0 * std::log(u1)) * std::cos(2.0 * std::numbers::pi * u2);
 }
 
+// Program lengths per device. Compute: a forward task per message (M = N*K of them), then for
+// the backward a prepass, a backward task per message and an add per received message.
+// Link: the forward sends every message but the last step's; the backward sends those again
+// and the dK/dV of every message. One device sends nothing.
+std::int64_t compute_tasks(const Workload& w, int n) {
+  const std::int64_t m = std::int64_t{n} * w.sub_blocks, k = w.sub_blocks;
+  return m + (w.pass == Pass::ForwardBackward ? 1 + m + (m - k) : 0);
+}
+std::int64_t link_tasks(const Workload& w, int n) {
+  const std::int64_t m = std::int64_t{n} * w.sub_blocks, k = w.sub_blocks;
+  return n > 1 ? (m - k) + (w.pass == Pass::ForwardBackward ? (m - k) + m : 0) : 0;
+}
+
 enum class CTask { Fwd, Prepass, Bwd, Add };
 enum class LTask { Kv, KvBwd, Dkv };
 
@@ -125,13 +138,12 @@ class Ring {
         peak_(cluster.device.peak_flops(w.dtype)),
         elem_(dtype_bytes(w.dtype)),
         dev_(static_cast<std::size_t>(n), Dev(w.receive_buffers())) {
-    c_total_ = m_ + (bwd_ ? 1 + m_ + (m_ - k_) : 0);
+    c_total_ = compute_tasks(w, n);
     shard_.reserve(static_cast<std::size_t>(n));
     for (int r = 0; r < n; ++r) shard_.push_back(sched_.kv_layout().shard_length(r));
     for (int r = 0; r < n; ++r) hop_.push_back(&cluster.hop(r, n));
-    l_total_ = n_ > 1 ? mf_ + (bwd_ ? mf_ + m_ : 0) : 0;
-    const double launch = opt.ideal ? 0.0 : cluster.device.launch_overhead_s;
-    launch_ = launch;
+    l_total_ = link_tasks(w, n);
+    launch_ = opt.ideal ? 0.0 : cluster.device.launch_overhead_s;
   }
 
   SimResult run() {
@@ -252,10 +264,9 @@ class Ring {
   }
 
   // Attention kernel calls of one sub-block: launch + FLOPs at the kernel's efficiency per pair.
-  double kernel_time(int d, std::int64_t m, bool backward, double& flops, int& owner) {
+  double kernel_time(int d, std::int64_t m, bool backward, double& flops) {
     const auto [kb, ke] = rows_of(d, m);
     sched_.work(step_of(m), d, kb, ke, work_);
-    owner = work_.kv_owner;
     double t = 0;
     flops = 0;
     for (const PairWork& p : work_.pairs) {
@@ -294,7 +305,7 @@ class Ring {
       case CTask::Fwd: {
         if (!fwd_arrived(d, m)) return;
         sp.name = "fwd";
-        t = kernel_time(d, m, false, sp.flops, sp.kv_owner);
+        t = kernel_time(d, m, false, sp.flops);
         // The block's (O, LSE) is merged into the running fp32 (O, LSE): read both, write one.
         if (sp.flops > 0)
           t += memory_time(3 * b * q_rows * static_cast<double>(w_.heads_q) *
@@ -311,7 +322,7 @@ class Ring {
         if (!bwd_kv_arrived(d, m) || !x.acc.available()) return;
         x.acc.acquire();
         sp.name = "bwd";
-        t = kernel_time(d, m, true, sp.flops, sp.kv_owner);
+        t = kernel_time(d, m, true, sp.flops);
         break;
       case CTask::Add: {
         if (!bwd_dkv_arrived(d, m)) return;
@@ -503,6 +514,11 @@ class Ring {
 
 }  // namespace
 
+std::uint64_t task_count(const Workload& w, int devices) {
+  return static_cast<std::uint64_t>(devices) *
+         static_cast<std::uint64_t>(compute_tasks(w, devices) + link_tasks(w, devices));
+}
+
 SimResult simulate(const ClusterSpec& cluster, int devices, const Workload& workload, const SimOptions& options) {
   workload.validate(devices);
   cluster.validate();
@@ -542,9 +558,12 @@ SweepResult sweep(const ClusterSpec& cluster, int devices, const Workload& workl
   out.kind = kind;
   SimOptions quiet = options;
   quiet.on_span = nullptr;  // a sweep traces nothing
-  std::vector<Workload> grid;
-  std::vector<int> grid_devices;
-  std::vector<std::string> labels;
+  struct Planned {
+    std::string label;
+    int devices;
+    Workload workload;
+  };
+  std::vector<Planned> grid;
   switch (kind) {
     case SweepKind::BlockSize: {
       require(so.min_block >= 1 && so.min_block <= so.max_block, "the block-size sweep range ", so.min_block,
@@ -556,9 +575,7 @@ SweepResult sweep(const ClusterSpec& cluster, int devices, const Workload& workl
       std::sort(blocks.begin(), blocks.end());
       blocks.erase(std::unique(blocks.begin(), blocks.end()), blocks.end());
       for (std::int64_t c : blocks) {
-        grid.push_back(with_block(workload, devices, c));
-        grid_devices.push_back(devices);
-        labels.push_back(std::to_string(c));
+        grid.push_back({std::to_string(c), devices, with_block(workload, devices, c)});
       }
       break;
     }
@@ -569,9 +586,7 @@ SweepResult sweep(const ClusterSpec& cluster, int devices, const Workload& workl
         Workload w = keep_seq_len ? workload : with_block(workload, n, block);
         const std::int64_t chunks = w.layout == Layout::Zigzag ? 2 * std::int64_t{n} : n;
         if (w.seq_len < chunks || w.sub_blocks > w.seq_len / n) break;
-        grid.push_back(w);
-        grid_devices.push_back(n);
-        labels.push_back(std::to_string(n));
+        grid.push_back({std::to_string(n), n, w});
         if (n > max_n / 2) break;
       }
       break;
@@ -580,35 +595,29 @@ SweepResult sweep(const ClusterSpec& cluster, int devices, const Workload& workl
       for (Layout l : all_layouts()) {
         Workload w = workload;
         w.layout = l;
-        grid.push_back(w);
-        grid_devices.push_back(devices);
-        labels.emplace_back(to_string(l));
+        grid.push_back({std::string(to_string(l)), devices, w});
       }
       break;
   }
   const int total = static_cast<int>(grid.size());
   for (int i = 0; i < total; ++i) {
     const auto ui = static_cast<std::size_t>(i);
-    out.points.push_back({labels[ui], grid[ui], simulate(cluster, grid_devices[ui], grid[ui], quiet)});
+    const Planned& p = grid[ui];
+    out.points.push_back({p.label, p.workload, simulate(cluster, p.devices, p.workload, quiet)});
     if (so.progress) so.progress(i + 1, total);
   }
   if (kind != SweepKind::BlockSize) return out;
 
-  // Thresholds: bisection between the last grid point that fails and the first that passes.
   auto exposed_ratio = [&](std::int64_t c) {
-    const SimResult r = simulate(cluster, devices, with_block(workload, devices, c), quiet);
-    return r.total_time_s > 0 ? r.exposed_comm_s / r.total_time_s : 0.0;
+    return simulate(cluster, devices, with_block(workload, devices, c), quiet).exposed_fraction();
   };
   // The answer is the smallest block from which on every larger grid block passes: search up
   // from the largest failing grid block (small blocks can pass too, when launch overheads and
   // slow small kernels make the compute long, but those are not blocks anyone should pick).
   auto find = [&](double limit) -> std::optional<std::int64_t> {
-    auto passes = [&](const SimResult& r) {
-      return (r.total_time_s > 0 ? r.exposed_comm_s / r.total_time_s : 0.0) <= limit;
-    };
     std::size_t first_ok = out.points.size();
     for (std::size_t i = out.points.size(); i-- > 0;) {
-      if (!passes(out.points[i].result)) break;
+      if (out.points[i].result.exposed_fraction() > limit) break;
       first_ok = i;
     }
     if (first_ok == out.points.size()) return std::nullopt;  // the largest block fails

@@ -56,7 +56,4 @@ class ChromeTraceWriter {
   bool ok_ = true;
 };
 
-/// Writes @p text to @p path atomically (temporary file, then rename); throws ringattn::Error.
-void write_text_file(const std::string& path, const std::string& text);
-
 }  // namespace ringattn::sim

@@ -103,12 +103,20 @@ struct SimResult {
   std::optional<double> model_step_time_s;  ///< all layers: attention + other matmuls
   std::uint64_t events = 0;          ///< events processed
   std::vector<double> device_busy_s; ///< compute busy time per device
+  /// exposed_comm_s / total_time_s (0 for an empty layer).
+  [[nodiscard]] double exposed_fraction() const {
+    return total_time_s > 0 ? exposed_comm_s / total_time_s : 0.0;
+  }
 };
 
 /// Simulates one layer on @p devices devices of @p cluster. Validates the workload and the
 /// cluster for that ring size first (ringattn::Error on bad input).
 [[nodiscard]] SimResult simulate(const ClusterSpec& cluster, int devices, const Workload& workload,
                                  const SimOptions& options = {});
+
+/// Tasks of one layer on a ring of @p devices, compute tasks and transfers of every device: the
+/// events a run processes and the spans its trace holds (known before simulating).
+[[nodiscard]] std::uint64_t task_count(const Workload& workload, int devices);
 
 /// Per-device working set of the layer in bytes (inputs, outputs, fp32 accumulators, receive
 /// buffers; backward adds dO, dQ, the travelling dK/dV and their buffers).
