@@ -29,8 +29,13 @@ void merge_into(SeqView<T> out_acc, LseView<T> lse_acc, SeqView<const T> out_par
         const T lb = lse_part.at(b, h, s);
         T* oa = out_acc.row(b, s, h);
         const T* ob = out_part.row(b, s, h);
-        if (lb == neg_inf<T>()) continue;  // the partial saw no key: nothing to add
-        if (la == neg_inf<T>()) {          // the running result saw no key yet: take the partial
+        if (lb == neg_inf<T>()) {
+          // The partial saw no key: nothing to add. If the running result saw none either, its
+          // O is defined as 0, whatever the buffer held before (it may be poisoned).
+          if (la == neg_inf<T>()) std::fill(oa, oa + out_acc.dim, T(0));
+          continue;
+        }
+        if (la == neg_inf<T>()) {  // the running result saw no key yet: take the partial
           std::copy(ob, ob + out_acc.dim, oa);
           la = lb;
           continue;

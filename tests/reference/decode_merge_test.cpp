@@ -268,10 +268,10 @@ void check_merge_infinities() {
     part_l[h * S + 2] = -inf;
     acc_l[h * S + 3] = a;
     part_l[h * S + 3] = p;
-    // An empty accumulator holds O = 0 (the ring starts from O = 0, LSE = -inf).
+    // An empty accumulator's O is undefined (here poisoned with NaN): the merge must not read it.
     for (std::int64_t x = 0; x < D; ++x) {
-      acc_o[((0 * S + 0) * H + h) * D + x] = T(0);
-      acc_o[((0 * S + 2) * H + h) * D + x] = T(0);
+      acc_o[((0 * S + 0) * H + h) * D + x] = std::numeric_limits<T>::quiet_NaN();
+      acc_o[((0 * S + 2) * H + h) * D + x] = std::numeric_limits<T>::quiet_NaN();
     }
   }
   const Tensor<T> acc_o0 = acc_o, acc_l0 = acc_l;
