@@ -1,6 +1,7 @@
 // ringattn simulate: predicts step time, overlap, memory and scaling of a ring attention layer on
 // a cluster (a preset or a JSON file), sweeps block size, device count or layout, and writes
-// JSON, CSV and a Chrome trace of the timeline.
+// JSON, CSV, a Chrome trace of the timeline, and SVG pictures (the timeline or a block-size sweep).
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -8,6 +9,8 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
+#include <vector>
 #include <unistd.h>
 
 #include "commands.hpp"
@@ -15,12 +18,13 @@
 #include "ringattn/core/npy.hpp"
 #include "ringattn/simulator/report.hpp"
 #include "ringattn/simulator/simulate.hpp"
+#include "ringattn/simulator/svg.hpp"
 
 namespace ringattn::cli {
 namespace {
 
 struct SimArgs {
-  std::string cluster, dtype = "bf16", layout = "contiguous", pass = "fwd", sweep, trace, csv, straggler, jitter,
+  std::string cluster, dtype = "bf16", layout = "contiguous", pass = "fwd", sweep, trace, csv, svg, straggler, jitter,
                        show_preset;
   int devices = 0, sub_blocks = 1, buffers = 0, layers = 0;
   std::optional<std::int64_t> seq_len, block_size;
@@ -32,6 +36,22 @@ struct SimArgs {
 
 void write_text(const std::string& path, const std::string& text) {
   write_file_atomic(path, std::as_bytes(std::span(text.data(), text.size())));
+}
+
+// Writes every (path, text) whose path is set, all or none: if one write fails, the files
+// already written by this call are removed and the error goes on.
+void write_all(const std::vector<std::pair<std::string, std::string>>& files) {
+  std::vector<std::string> done;
+  try {
+    for (const auto& [path, text] : files) {
+      if (path.empty()) continue;
+      write_text(path, text);
+      done.push_back(path);
+    }
+  } catch (...) {
+    for (const std::string& path : done) std::remove(path.c_str());
+    throw;
+  }
 }
 
 int run(const SimArgs& a) {
@@ -125,8 +145,24 @@ int run(const SimArgs& a) {
       const double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       if (el > 1.0) std::fprintf(stderr, "simulate: %d/%d points (%.1f s)\n", done, total, el);
     };
+    require(a.svg.empty() || kind == sim::SweepKind::BlockSize,
+            "--svg draws a single run or a block-size sweep, not a ", a.sweep, " sweep");
     const sim::SweepResult s = sim::sweep(cluster, a.devices, w, kind, opt, so, a.seq_len.has_value());
-    if (!a.csv.empty()) write_text(a.csv, sim::results_csv(s.points));
+    std::string picture;
+    if (!a.svg.empty()) {
+      sim::SweepSvgOptions po;
+      po.title = cluster.name + ", " + std::to_string(a.devices) + " devices: overlap against block size";
+      if (a.ideal) {
+        // The paper's rule, c >= F/B scaled by H_kv/H_q for grouped K/V, next to the sweep.
+        double slowest = INFINITY;  // the slowest hop of the ring sets the pace
+        for (int d = 0; d < a.devices; ++d) slowest = std::min(slowest, cluster.hop(d, a.devices).bandwidth);
+        po.rule_block = cluster.device.peak_flops(w.dtype) / slowest *
+                        static_cast<double>(w.kv_heads()) / static_cast<double>(w.heads_q);
+      }
+      picture = sim::sweep_svg(s, po);
+    }
+    // Outputs all or none: every file's contents exist before the first is written.
+    write_all({{a.csv, a.csv.empty() ? std::string() : sim::results_csv(s.points)}, {a.svg, picture}});
     std::cout << (a.json ? sim::sweep_json(info, s) + "\n" : sim::format_sweep_text(info, s));
     return 0;
   }
@@ -138,11 +174,31 @@ int run(const SimArgs& a) {
             " spans (more than 4 million; about ", spans * 200 / 1'000'000,
             " MB): trace a smaller ring or fewer sub-blocks");
     trace = std::make_unique<sim::ChromeTraceWriter>(a.trace, cluster, a.devices);
-    opt.on_span = [&trace](const sim::Span& s) { trace->add(s); };
+  }
+  std::vector<sim::Span> spans;
+  if (!a.svg.empty()) {
+    const std::uint64_t n = sim::task_count(w, a.devices);
+    require(n <= 200'000, "--svg would draw ", n, " tasks (more than 200,000): draw a smaller ring or fewer sub-blocks");
+    spans.reserve(static_cast<std::size_t>(n));
+  }
+  if (trace || !a.svg.empty()) {
+    opt.on_span = [&trace, &spans, svg = !a.svg.empty()](const sim::Span& s) {
+      if (trace) trace->add(s);
+      if (svg) spans.push_back(s);
+    };
   }
   const sim::SimResult r = sim::simulate(cluster, a.devices, w, opt);
-  // Outputs all or none: the CSV is staged before the trace is renamed into place.
-  if (!a.csv.empty()) write_text(a.csv, sim::results_csv({sim::SweepPoint{"run", w, r}}));
+  std::string picture;
+  if (!a.svg.empty()) {
+    sim::TimelineSvgOptions to;
+    to.title = cluster.name + ": " + std::to_string(w.seq_len) + " tokens on " + std::to_string(a.devices) +
+               " devices, " + std::string(to_string(w.layout)) + (w.causal ? ", causal, " : ", ") +
+               std::string(sim::to_string(w.pass));
+    picture = sim::timeline_svg(spans, a.devices, to);
+  }
+  // Outputs all or none: the CSV and picture are staged before the trace is renamed into place.
+  write_all({{a.csv, a.csv.empty() ? std::string() : sim::results_csv({sim::SweepPoint{"run", w, r}})},
+             {a.svg, picture}});
   if (trace) trace->finish();
   std::cout << (a.json ? sim::result_json(info, r) + "\n" : sim::format_text(info, r));
   if (trace && !a.json) std::cout << "\ntrace: " << a.trace << " (" << trace->spans() << " spans; open in Perfetto or chrome://tracing)\n";
@@ -181,6 +237,7 @@ Runner add_simulate_command(CLI::App& app) {
   cmd->add_option("--sweep-max", a->sweep_max, "largest block of a block-size sweep")->capture_default_str();
   cmd->add_flag("--json", a->json, "print one JSON object instead of the table");
   cmd->add_option("--trace", a->trace, "write the timeline as a Chrome trace (Perfetto, chrome://tracing)");
+  cmd->add_option("--svg", a->svg, "draw the timeline (single run) or the block-size sweep as an SVG picture");
   cmd->add_option("--csv", a->csv, "write the results (one row per run or sweep point) as CSV");
   cmd->add_flag("--list-presets", a->list_presets, "list the shipped cluster presets and exit");
   cmd->add_option("--show-preset", a->show_preset, "print a preset's JSON (a starting point for your own)");

@@ -251,6 +251,7 @@ ChromeTraceWriter::~ChromeTraceWriter() {
 }
 
 void ChromeTraceWriter::add(const Span& s) {
+  require(file_ != nullptr, "ChromeTraceWriter: add() after finish()");
   // Times in microseconds, the unit of the trace-event format.
   const int n = std::fprintf(
       file_,
@@ -264,6 +265,7 @@ void ChromeTraceWriter::add(const Span& s) {
 }
 
 void ChromeTraceWriter::finish() {
+  require(file_ != nullptr, "ChromeTraceWriter: finish() called twice");
   // A final metadata record closes the array without a dangling comma.
   std::fprintf(file_, "{\"ph\":\"M\",\"pid\":0,\"name\":\"process_labels\",\"args\":{\"labels\":\"ring\"}}\n]}\n");
   const bool flushed = std::fflush(file_) == 0 && ok_ && !std::ferror(file_);

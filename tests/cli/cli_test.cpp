@@ -257,6 +257,26 @@ TEST_F(CliTest, SimulateWritesTraceAndCsv) {
   EXPECT_TRUE(fs::is_regular_file(path("s.csv")));
 }
 
+TEST_F(CliTest, SimulateDrawsSvg) {
+  const CliRun r = run("simulate --cluster h100-ib --devices 4 --seq-len 16384 --heads 8 --head-dim 128 --causal "
+                       "--layout zigzag --pass fwd+bwd --svg " + path("t.svg"));
+  EXPECT_EQ(r.code, 0) << r.err;
+  std::stringstream t;
+  t << std::ifstream(path("t.svg")).rdbuf();
+  const std::string text = t.str();
+  EXPECT_EQ(text.rfind("<svg ", 0), 0u);
+  EXPECT_NE(text.find("dev 3 compute"), std::string::npos);
+  EXPECT_NE(text.find("</svg>"), std::string::npos);
+  const CliRun s = run("simulate --cluster a100-ib --devices 8 --block-size 4096 --heads 8 --head-dim 128 --ideal "
+                       "--sweep block-size --svg " + path("s.svg"));
+  EXPECT_EQ(s.code, 0) << s.err;
+  std::stringstream sf;
+  sf << std::ifstream(path("s.svg")).rdbuf();
+  const std::string sweep = sf.str();
+  EXPECT_NE(sweep.find("recommended: 23544"), std::string::npos);  // as printed by the sweep
+  EXPECT_NE(sweep.find("c = F/B = 24960"), std::string::npos);     // the paper's Table 2 value
+}
+
 TEST_P(CliRejects, OneLineNoOutput) {
   write_inputs();
   std::vector<std::string> inputs;
@@ -321,6 +341,8 @@ INSTANTIATE_TEST_SUITE_P(
         BadCase{"SimLayersWithoutHidden", "simulate --cluster h100-nvlink --devices 8 --seq-len 8192 --layers 4 --heads 8 --head-dim 128" + kSimOut, "--hidden"},
         BadCase{"SimHugeTrace", "simulate --cluster dgx-h100-ib --devices 4096 --block-size 64 --heads 8 --head-dim 128" + kSimOut, "4 million"},
         BadCase{"SimZeroDevices", "simulate --cluster h100-nvlink --devices 0 --seq-len 8192 --heads 8 --head-dim 128" + kSimOut, "--devices"},
+        BadCase{"SimSvgLayoutSweep", "simulate --cluster h100-nvlink --devices 8 --seq-len 8192 --sweep layout --heads 8 --head-dim 128 --svg {d}/o.svg --csv {d}/o.csv", "block-size sweep"},
+        BadCase{"SimSvgHugeRing", "simulate --cluster dgx-h100-ib --devices 1024 --block-size 256 --heads 8 --head-dim 128 --svg {d}/o.svg", "200,000"},
         BadCase{"SimUnknownSweep", "simulate --cluster h100-nvlink --devices 8 --seq-len 8192 --sweep heads --heads 8 --head-dim 128 --csv {d}/o.csv", "heads"}),
     [](const ::testing::TestParamInfo<BadCase>& i) { return i.param.name; });
 

@@ -360,6 +360,8 @@ TEST(Report, JsonCsvAndTraceAreWellFormed) {
   o.on_span = [&](const Span& s) { trace.add(s); };
   const SimResult r = simulate(c, 16, w, o);
   trace.finish();
+  EXPECT_THROW(trace.finish(), Error);  // a finished trace is closed: no second finish, no add
+  EXPECT_THROW(trace.add(Span{}), Error);
   std::ifstream f(path);
   const nlohmann::json t = nlohmann::json::parse(f);
   std::uint64_t x_events = 0;
