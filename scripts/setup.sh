@@ -16,7 +16,8 @@ case "${1:-}" in
 esac
 
 packages=(cmake make g++ pkg-config libeigen3-dev libgtest-dev libgmock-dev libbenchmark-dev
-          libcli11-dev nlohmann-json3-dev python3 python3-numpy libopenmpi-dev openmpi-bin)
+          libcli11-dev nlohmann-json3-dev python3 python3-numpy libopenmpi-dev openmpi-bin
+          doxygen)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

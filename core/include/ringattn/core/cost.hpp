@@ -20,7 +20,10 @@ namespace ringattn {
 /// The smallest block (tokens per device) whose compute hides its K/V transfer (Ring Attention,
 /// section 3): a block of c tokens costs 4*D*c^2 FLOPs per head and moves 2*c*D*elem_bytes bytes,
 /// so 4*D*c^2/F >= 2*c*D*e/B gives c >= e*F/(2*B), which is F/B for 2-byte (bf16) elements.
-/// @param flops_per_s achieved compute rate F; @param bytes_per_s link bandwidth B per direction.
+/// @param flops_per_s achieved compute rate F, FLOP/s per device
+/// @param bytes_per_s link bandwidth B, bytes/s per direction
+/// @param elem_bytes  bytes per K/V element e (2 for bf16 and fp16, 4 for fp32)
+/// @return the threshold c in tokens (not rounded; the block must be at least this large)
 [[nodiscard]] double min_overlap_block(double flops_per_s, double bytes_per_s, int elem_bytes = 2);
 
 }  // namespace ringattn

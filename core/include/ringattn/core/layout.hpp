@@ -19,8 +19,13 @@
 
 namespace ringattn {
 
-/// The three ways of splitting a sequence over ranks.
-enum class Layout { Contiguous, Striped, Zigzag };
+/// The three ways of splitting a sequence over ranks (see SequenceLayout and
+/// docs/ring-schedule.md for pictures).
+enum class Layout {
+  Contiguous,  ///< rank r holds one run of consecutive tokens, the r-th of N
+  Striped,     ///< rank r holds positions r, r+N, r+2N, ... (Striped Attention)
+  Zigzag,      ///< rank r holds chunks r and 2N-1-r of 2N: one early, one late
+};
 
 /// "contiguous", "striped" or "zigzag".
 [[nodiscard]] std::string_view to_string(Layout layout);
@@ -41,6 +46,7 @@ struct Segment {
   [[nodiscard]] std::int64_t position(std::int64_t i) const { return start + i * stride; }
   /// Global position of the last element (length must be > 0).
   [[nodiscard]] std::int64_t last() const { return start + (length - 1) * stride; }
+  /// Equal when every field is equal.
   friend bool operator==(const Segment&, const Segment&) = default;
 };
 
@@ -48,6 +54,7 @@ struct Segment {
 struct LocalIndex {
   int rank = 0;             ///< owning rank
   std::int64_t index = 0;   ///< index within the rank's shard
+  /// Equal when rank and index are equal.
   friend bool operator==(const LocalIndex&, const LocalIndex&) = default;
 };
 

@@ -23,7 +23,10 @@
 namespace ringattn {
 
 /// Element types the project reads and writes.
-enum class DType { Float32, Float64 };
+enum class DType {
+  Float32,  ///< IEEE binary32, '<f4' in a .npy header
+  Float64,  ///< IEEE binary64, '<f8' in a .npy header
+};
 
 /// "float32" or "float64".
 [[nodiscard]] std::string_view to_string(DType dtype);

@@ -24,7 +24,12 @@
 namespace ringattn {
 
 /// How a (query segment, key segment) pair is masked.
-enum class MaskClass { Full, CausalDiagonal, OffsetCausal, Skip };
+enum class MaskClass {
+  Full,            ///< every query sees every key: no mask is applied
+  CausalDiagonal,  ///< queries and keys are the same positions: key j visible iff j <= i
+  OffsetCausal,    ///< some but not all pairs visible: shifted or interleaved positions
+  Skip,            ///< no query sees any key: nothing is computed
+};
 
 /// "full", "causal-diagonal", "offset-causal" or "skip".
 [[nodiscard]] std::string_view to_string(MaskClass mask);
@@ -36,6 +41,7 @@ struct Positions {
   std::int64_t stride = 1;  ///< distance between consecutive rows (>= 1)
   /// Position of row i.
   [[nodiscard]] std::int64_t at(std::int64_t i) const { return offset + i * stride; }
+  /// Equal when offset and stride are equal.
   friend bool operator==(const Positions&, const Positions&) = default;
 };
 
@@ -61,6 +67,7 @@ struct PairWork {
   std::int64_t k_local = 0;   ///< first key row in the block's local buffer
   MaskClass mask = MaskClass::Full;  ///< mask class of the pair
   std::int64_t visible = 0;   ///< visible (query, key) pairs, per batch element and head
+  /// Equal when every field is equal.
   friend bool operator==(const PairWork&, const PairWork&) = default;
 };
 
@@ -75,6 +82,7 @@ struct StepWork {
   std::int64_t visible = 0;      ///< sum of visible pairs over the step
   /// True when every pair is Skip: the rank only forwards the block this step.
   [[nodiscard]] bool idle() const { return visible == 0; }
+  /// Equal when every field, the pairs included, is equal.
   friend bool operator==(const StepWork&, const StepWork&) = default;
 };
 

@@ -38,6 +38,7 @@ struct AttentionShape {
   /// the end of the keys, as in flash-attention, so query i sits at S_kv - S_q + i.
   [[nodiscard]] std::int64_t causal_query_offset() const { return seq_kv - seq_q; }
 
+  /// Equal when all six sizes are equal.
   friend bool operator==(const AttentionShape&, const AttentionShape&) = default;
 };
 

@@ -19,6 +19,7 @@ namespace ringattn {
 template <class T>
 class Tensor {
  public:
+  /// An empty tensor: no dimensions and no elements (size() == 0).
   Tensor() = default;
   /// A tensor of the given shape with every element set to @p fill.
   explicit Tensor(std::vector<std::int64_t> shape, T fill = T(0))

@@ -22,6 +22,8 @@
 #include "ringattn/core/shape.hpp"
 #include "ringattn/core/tensor.hpp"
 
+/// @brief The CPU reference (Eigen): naive, blockwise and ring attention, forward and backward,
+/// the LSE merge and flash-decoding; the ground truth every other engine is checked against.
 namespace ringattn::ref {
 
 /// Options shared by every attention entry point.

@@ -32,12 +32,15 @@
 
 #include "ringattn/reference/ring.hpp"
 
+/// @brief Ring attention across processes over MPI (built when RINGATTN_WITH_MPI is ON): one
+/// shard per rank, the K/V exchange overlapped with the compute, every wait with a deadline.
 namespace ringattn::ref::mpi {
 
 /// An error every rank of the communicator throws alike (a disagreement, an invalid call seen by
 /// all ranks): the ranks can stop together in order, with no MPI_Abort.
 class CollectiveError : public Error {
  public:
+  /// The constructor of ringattn::Error: a one-line message.
   using Error::Error;
 };
 

@@ -17,7 +17,11 @@
 namespace ringattn::sim {
 
 /// Element type of Q, K, V and O (accumulators, LSE and gradients that travel are fp32).
-enum class DType { BF16, FP16, FP32 };
+enum class DType {
+  BF16,  ///< bfloat16, 2 bytes, the device's bf16 peak
+  FP16,  ///< IEEE half, 2 bytes, the device's fp16 peak
+  FP32,  ///< IEEE single, 4 bytes, the device's fp32 peak
+};
 /// "bf16", "fp16" or "fp32".
 [[nodiscard]] std::string_view to_string(DType dtype);
 /// Parses "bf16", "fp16" or "fp32"; throws ringattn::Error otherwise.
@@ -31,6 +35,7 @@ struct EfficiencyPoint {
   int head_dim = 128;          ///< D of the measurement
   std::int64_t tokens = 0;     ///< key/value rows per kernel call
   double efficiency = 0;       ///< achieved / peak, in (0, 1]
+  /// Equal when every field is equal.
   friend bool operator==(const EfficiencyPoint&, const EfficiencyPoint&) = default;
 };
 
@@ -95,6 +100,7 @@ struct LinkSpec {
 struct Straggler {
   int device = 0;        ///< index in the ring
   double slowdown = 1;   ///< >= 1
+  /// Equal when device and slowdown are equal.
   friend bool operator==(const Straggler&, const Straggler&) = default;
 };
 
@@ -103,6 +109,7 @@ struct Straggler {
 struct Jitter {
   double sigma = 0;          ///< >= 0; 0 disables jitter
   std::uint64_t seed = 1;    ///< seed of the counter-based generator
+  /// Equal when sigma and seed are equal.
   friend bool operator==(const Jitter&, const Jitter&) = default;
 };
 

@@ -39,8 +39,9 @@ class ChromeTraceWriter {
  public:
   /// Opens a temporary file next to @p path; throws ringattn::Error if it cannot.
   ChromeTraceWriter(std::string path, const ClusterSpec& cluster, int devices);
-  ChromeTraceWriter(const ChromeTraceWriter&) = delete;
-  ChromeTraceWriter& operator=(const ChromeTraceWriter&) = delete;
+  ChromeTraceWriter(const ChromeTraceWriter&) = delete;             ///< owns a file: not copyable
+  ChromeTraceWriter& operator=(const ChromeTraceWriter&) = delete;  ///< owns a file: not copyable
+  /// If finish() was never called (an error), closes and removes the temporary file.
   ~ChromeTraceWriter();
   /// Appends one finished task.
   void add(const Span& span);

@@ -19,10 +19,15 @@
 #include "ringattn/core/layout.hpp"
 #include "ringattn/simulator/cluster.hpp"
 
+/// @brief The discrete-event simulator of the ring: cluster specs and presets, the event queue,
+/// the simulation of one attention layer and sweeps over it, and its reports.
 namespace ringattn::sim {
 
 /// Which passes of the layer are simulated.
-enum class Pass { Forward, ForwardBackward };
+enum class Pass {
+  Forward,          ///< the forward pass only
+  ForwardBackward,  ///< the forward pass, then the backward pass (dK/dV travel with their block)
+};
 /// "fwd" or "fwd+bwd".
 [[nodiscard]] std::string_view to_string(Pass pass);
 /// Parses "fwd" or "fwd+bwd"; throws ringattn::Error otherwise.
@@ -56,7 +61,10 @@ struct Workload {
 };
 
 /// Where a task runs: a device's compute stream or its outgoing link.
-enum class Row { Compute, Link };
+enum class Row {
+  Compute,  ///< the device's compute stream (attention kernels, merges, gradient adds)
+  Link,     ///< the device's outgoing link to device d + 1 (K/V and dK/dV transfers)
+};
 
 /// One finished task, as written to a trace.
 struct Span {
@@ -123,7 +131,11 @@ struct SimResult {
 [[nodiscard]] double working_set_bytes(const Workload& workload, int devices);
 
 /// What a sweep varies.
-enum class SweepKind { BlockSize, Devices, Layout };
+enum class SweepKind {
+  BlockSize,  ///< tokens per device c, with N fixed (S = N * c)
+  Devices,    ///< ring size N = 1, 2, 4, ...: weak scaling, or strong with a fixed S
+  Layout,     ///< contiguous, striped and zigzag
+};
 /// "block-size", "devices" or "layout".
 [[nodiscard]] std::string_view to_string(SweepKind kind);
 /// Parses "block-size", "devices" or "layout"; throws ringattn::Error otherwise.
@@ -138,8 +150,8 @@ struct SweepPoint {
 
 /// A sweep and, for block sizes, the recommended block.
 struct SweepResult {
-  SweepKind kind = SweepKind::BlockSize;
-  std::vector<SweepPoint> points;
+  SweepKind kind = SweepKind::BlockSize;  ///< what was varied
+  std::vector<SweepPoint> points;         ///< one point per value, in sweep order
   /// Smallest block with exposed communication at most 5% of the layer time from which on every
   /// larger grid block qualifies too (block-size sweeps): bisection between the largest failing
   /// grid block and the next; the smallest grid block if all qualify; empty if the largest fails.
