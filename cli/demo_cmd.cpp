@@ -165,8 +165,10 @@ void report_schedule(Report& rep, const AttentionShape& shape, Layout layout, in
   }
   // Each step ends when its slowest rank does: the critical path is the sum of step maxima.
   // Perfect balance spreads the total work evenly over the N x N (rank, step) cells.
-  rep.both(fmt("    critical path: %.1f%% of a full block per step on average (perfect balance: %.1f%%)\n",
-               critical / ranks, total / (static_cast<double>(ranks) * ranks)));
+  const std::string cp = fmt("critical path: %.1f%% of a full block per step on average (perfect balance: %.1f%%)\n",
+                             critical / ranks, total / (static_cast<double>(ranks) * ranks));
+  rep.out("    " + cp);
+  rep.md("\n" + cp);
 }
 
 // ---- 1. the CPU reference ------------------------------------------------------------------
