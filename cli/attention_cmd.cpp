@@ -1,6 +1,7 @@
 // ringattn attention --q Q.npy --k K.npy --v V.npy --out O.npy [--lse LSE.npy]
-//     [--impl naive|blockwise|ring] [--causal] [--scale X] [--layout L] [--ranks N]
-//     [--block-q N] [--block-kv N] [--dout dO.npy --dq dQ.npy --dk dK.npy --dv dV.npy]
+//     [--impl naive|blockwise|ring|mpi-ring|cuda] [--causal] [--scale X] [--layout L] [--ranks N]
+//     [--block-q N] [--block-kv N] [--dtype fp32|fp16|bf16] [--kernel auto|simple|tiled|tensor-core]
+//     [--dout dO.npy --dq dQ.npy --dk dK.npy --dv dV.npy]
 #include <iostream>
 #include <memory>
 #include <optional>
@@ -8,6 +9,7 @@
 
 #include "cli_io.hpp"
 #include "commands.hpp"
+#include "cuda_cmd.hpp"
 #include "mpi_attention.hpp"
 #include "ringattn/core/error.hpp"
 #include "ringattn/reference/ring.hpp"
@@ -15,7 +17,7 @@
 namespace ringattn::cli {
 namespace {
 
-enum class Impl { Naive, Blockwise, Ring };
+enum class Impl { Naive, Blockwise, Ring, Cuda };
 
 struct AttentionArgs {
   std::string q, k, v, out, lse, dout, dq, dk, dv;
@@ -31,6 +33,12 @@ struct AttentionArgs {
   std::int64_t block_kv = ref::AttentionOptions{}.block_kv;
   CLI::Option* layout_opt = nullptr;
   CLI::Option* ranks_opt = nullptr;
+  CLI::Option* block_q_opt = nullptr;
+  CLI::Option* block_kv_opt = nullptr;
+  std::string dtype = "fp32";   // --impl cuda: compute dtype
+  std::string kernel = "auto";  // --impl cuda: forward kernel
+  CLI::Option* dtype_opt = nullptr;
+  CLI::Option* kernel_opt = nullptr;
 };
 
 template <class T>
@@ -54,11 +62,26 @@ void run_typed(const AttentionArgs& a, const Tensor<T>& q, const Tensor<T>& k, c
             " but dO must have Q's shape ", shape_string(q.shape()));
   }
 
+  if (a.impl == Impl::Cuda) {
+#ifdef RINGATTN_HAVE_CUDA_BUILD
+    const CudaAttentionResult<T> r = cuda_attention(q, k, v, dout, CudaOptions{a.dtype, a.kernel, a.causal, a.scale});
+    outputs.stage(a.out, encode_npy(r.fwd.out));
+    if (!a.lse.empty()) outputs.stage(a.lse, encode_npy(r.fwd.lse));
+    if (r.grads) {
+      outputs.stage(a.dq, encode_npy(r.grads->dq));
+      outputs.stage(a.dk, encode_npy(r.grads->dk));
+      outputs.stage(a.dv, encode_npy(r.grads->dv));
+    }
+    return;
+#endif
+  }
+
   ref::ForwardResult<T> fwd;
   switch (a.impl) {
     case Impl::Naive: fwd = ref::naive_forward(q, k, v, o); break;
     case Impl::Blockwise: fwd = ref::blockwise_forward(q, k, v, o); break;
     case Impl::Ring: fwd = ref::ring_forward(q, k, v, o); break;
+    case Impl::Cuda: break;  // handled above
   }
   outputs.stage(a.out, encode_npy(fwd.out));
   if (!a.lse.empty()) outputs.stage(a.lse, encode_npy(fwd.lse));
@@ -68,6 +91,7 @@ void run_typed(const AttentionArgs& a, const Tensor<T>& q, const Tensor<T>& k, c
       case Impl::Naive: g = ref::naive_backward(q, k, v, fwd.out, fwd.lse, *dout, o); break;
       case Impl::Blockwise: g = ref::blockwise_backward(q, k, v, fwd.out, fwd.lse, *dout, o); break;
       case Impl::Ring: g = ref::ring_backward(q, k, v, fwd.out, fwd.lse, *dout, o); break;
+      case Impl::Cuda: break;  // handled above
     }
     outputs.stage(a.dq, encode_npy(g.dq));
     outputs.stage(a.dk, encode_npy(g.dk));
@@ -97,9 +121,26 @@ int run(AttentionArgs& a) {
   const int grads_given = !a.dout.empty() + !a.dq.empty() + !a.dk.empty() + !a.dv.empty();
   require(grads_given == 0 || grads_given == 4,
           "the backward pass needs all of --dout, --dq, --dk and --dv (got ", grads_given, " of them)");
+  const bool cuda = a.impl_name == "cuda";
+  require(cuda || (a.dtype_opt->count() == 0 && a.kernel_opt->count() == 0),
+          "--dtype and --kernel apply only to --impl cuda");
   if (a.impl_name == "mpi-ring") return run_mpi(a);
   require(a.timeout_opt->count() == 0, "--timeout applies only to --impl mpi-ring");
-  a.impl = a.impl_name == "naive" ? Impl::Naive : a.impl_name == "ring" ? Impl::Ring : Impl::Blockwise;
+  if (cuda) {
+    require(a.block_q_opt->count() == 0 && a.block_kv_opt->count() == 0,
+            "--block-q and --block-kv apply to the CPU paths; the CUDA kernels choose their own tiles");
+    require(a.layout_opt->count() == 0 && a.ranks_opt->count() == 0,
+            "--layout and --ranks apply only to --impl ring and mpi-ring");
+#ifdef RINGATTN_HAVE_CUDA_BUILD
+    require_cuda_device();  // before any input is read: "no CUDA device: <reason>"
+#else
+    fail("this ringattn was built without CUDA: install the CUDA toolkit (nvcc) and reconfigure");
+#endif
+  }
+  a.impl = a.impl_name == "naive" ? Impl::Naive
+           : a.impl_name == "ring" ? Impl::Ring
+           : cuda                  ? Impl::Cuda
+                                   : Impl::Blockwise;
   if (a.impl != Impl::Ring) {
     require(a.layout_opt->count() == 0 && a.ranks_opt->count() == 0,
             "--layout and --ranks apply only to --impl ring and mpi-ring");
@@ -137,8 +178,8 @@ Runner add_attention_command(CLI::App& app) {
   cmd->add_option("--v", a->v, "values (B, S_kv, H_kv, D)")->required();
   cmd->add_option("--out", a->out, "output O (B, S_q, H_q, D)")->required();
   cmd->add_option("--lse", a->lse, "output log-sum-exp (B, H_q, S_q)");
-  cmd->add_option("--impl", a->impl_name, "naive | blockwise | ring | mpi-ring (run under mpirun)")
-      ->check(CLI::IsMember({"naive", "blockwise", "ring", "mpi-ring"}))
+  cmd->add_option("--impl", a->impl_name, "naive | blockwise | ring | mpi-ring (run under mpirun) | cuda")
+      ->check(CLI::IsMember({"naive", "blockwise", "ring", "mpi-ring", "cuda"}))
       ->capture_default_str();
   cmd->add_flag("--causal", a->causal, "mask keys after the query (queries aligned to the end of the keys)");
   cmd->add_option("--scale", a->scale, "softmax scale (default 1/sqrt(D))");
@@ -148,8 +189,14 @@ Runner add_attention_command(CLI::App& app) {
   a->ranks_opt = cmd->add_option("--ranks", a->ranks, "ring: number of virtual ranks")->capture_default_str();
   a->timeout_opt = cmd->add_option("--timeout", a->timeout_s, "mpi-ring: seconds to wait for a peer before giving up")
                        ->capture_default_str();
-  cmd->add_option("--block-q", a->block_q, "Br: query rows per tile")->capture_default_str();
-  cmd->add_option("--block-kv", a->block_kv, "Bc: key rows per tile")->capture_default_str();
+  a->block_q_opt = cmd->add_option("--block-q", a->block_q, "Br: query rows per tile")->capture_default_str();
+  a->block_kv_opt = cmd->add_option("--block-kv", a->block_kv, "Bc: key rows per tile")->capture_default_str();
+  a->dtype_opt = cmd->add_option("--dtype", a->dtype, "cuda: compute dtype the inputs are converted to")
+                     ->check(CLI::IsMember({"fp32", "fp16", "bf16"}))
+                     ->capture_default_str();
+  a->kernel_opt = cmd->add_option("--kernel", a->kernel, "cuda: forward kernel auto | simple | tiled | tensor-core")
+                      ->check(CLI::IsMember({"auto", "simple", "tiled", "tensor-core"}))
+                      ->capture_default_str();
   cmd->add_option("--dout", a->dout, "backward: upstream gradient dO (Q's shape)");
   cmd->add_option("--dq", a->dq, "backward: output dQ");
   cmd->add_option("--dk", a->dk, "backward: output dK");

@@ -1,6 +1,7 @@
 // ringattn: Ring Attention, taught, implemented and simulated. One executable, subcommands:
-//   attention  forward (and backward) attention on .npy files, naive | blockwise | ring
-//   decode     flash-decoding of a few queries against a long K/V cache
+//   attention  forward (and backward) attention on .npy files, naive | blockwise | ring | mpi-ring
+//              | cuda
+//   decode     flash-decoding of a few queries against a long K/V cache (CPU reference or cuda)
 //   simulate   predict a ring attention layer on a cluster (discrete-event simulator)
 //   demo       the reference's paths against naive attention, with errors and timings
 // Every error is one line on stderr and a non-zero exit; outputs are written all or none.

@@ -13,6 +13,9 @@
 
 #include "ringattn/core/npy.hpp"
 #include "ringattn/reference/attention.hpp"
+#if RINGATTN_CLI_TEST_HAVE_CUDA
+#include "ringattn/cuda/attention.hpp"
+#endif
 
 namespace fs = std::filesystem;
 using namespace ringattn;
@@ -195,6 +198,102 @@ TEST_F(CliTest, Float32InputsGiveFloat32Outputs) {
   EXPECT_EQ(dtype_of(load_npy(path("o.npy"))), DType::Float32);
 }
 
+// ---- --impl cuda ----------------------------------------------------------------------------
+
+// With a GPU: the CUDA path against naive float64 on the same float64 files, each dtype and
+// kernel, forward and backward, and decode. The tolerances are for the plumbing (upload with
+// conversion, output in the input's dtype, every output written); cuda_kernel_test judges the
+// kernels' accuracy.
+TEST_F(CliTest, CudaMatchesNaive) {
+#if !RINGATTN_CLI_TEST_HAVE_CUDA
+  GTEST_SKIP() << "this build has no CUDA";
+#else
+  std::string why;
+  if (ringattn::cuda::device_count(&why) == 0) GTEST_SKIP() << "no CUDA device: " << why;
+  const auto q = random<double>({2, 37, 4, 64}), k = random<double>({2, 53, 2, 64}), v = random<double>({2, 53, 2, 64});
+  const auto dout = random<double>({2, 37, 4, 64});
+  save_npy(path("q.npy"), q);
+  save_npy(path("k.npy"), k);
+  save_npy(path("v.npy"), v);
+  save_npy(path("do.npy"), dout);
+  struct Run {
+    std::string dtype, kernel;
+    double tol, grad_tol;
+  };
+  for (const Run& c : {Run{"fp32", "simple", 1e-4, 1e-3}, Run{"fp32", "tiled", 1e-4, 1e-3},
+                       Run{"fp32", "auto", 1e-4, 1e-3}, Run{"fp16", "simple", 1e-2, 3e-2},
+                       Run{"bf16", "auto", 5e-2, 1e-1}}) {
+    for (bool causal : {false, true}) {
+      SCOPED_TRACE(c.dtype + " " + c.kernel + (causal ? " causal" : ""));
+      const CliRun r = run("attention --impl cuda --dtype " + c.dtype + " --kernel " + c.kernel + " --q " +
+                           path("q.npy") + " --k " + path("k.npy") + " --v " + path("v.npy") + " --out " +
+                           path("o.npy") + " --lse " + path("lse.npy") + " --dout " + path("do.npy") + " --dq " +
+                           path("dq.npy") + " --dk " + path("dk.npy") + " --dv " + path("dv.npy") +
+                           (causal ? " --causal" : ""));
+      ASSERT_EQ(r.code, 0) << r.err;
+      EXPECT_EQ(dtype_of(load_npy(path("o.npy"))), DType::Float64);  // the inputs' dtype
+      ref::AttentionOptions o;
+      o.causal = causal;
+      const auto want = ref::naive_forward(q, k, v, o);
+      const auto g = ref::naive_backward(q, k, v, want.out, want.lse, dout, o);
+      EXPECT_TRUE(Near(load_npy_as<double>(path("o.npy")), want.out, c.tol));
+      EXPECT_TRUE(Near(load_npy_as<double>(path("lse.npy")), want.lse, c.tol));
+      EXPECT_TRUE(Near(load_npy_as<double>(path("dq.npy")), g.dq, c.grad_tol));
+      EXPECT_TRUE(Near(load_npy_as<double>(path("dk.npy")), g.dk, c.grad_tol));
+      EXPECT_TRUE(Near(load_npy_as<double>(path("dv.npy")), g.dv, c.grad_tol));
+    }
+  }
+  const auto q1 = random<float>({2, 1, 8, 16}), k1 = random<float>({2, 301, 2, 16}), v1 = random<float>({2, 301, 2, 16});
+  save_npy(path("q1.npy"), q1);
+  save_npy(path("k1.npy"), k1);
+  save_npy(path("v1.npy"), v1);
+  for (int splits : {1, 7, 400}) {
+    const CliRun r = run("decode --impl cuda --q " + path("q1.npy") + " --k " + path("k1.npy") + " --v " +
+                         path("v1.npy") + " --splits " + std::to_string(splits) + " --out " + path("o1.npy") +
+                         " --lse " + path("lse1.npy"));
+    ASSERT_EQ(r.code, 0) << r.err;
+    EXPECT_EQ(dtype_of(load_npy(path("o1.npy"))), DType::Float32);
+    const auto widen = [](const Tensor<float>& t) {
+      Tensor<double> d(t.shape());
+      for (std::int64_t n = 0; n < t.size(); ++n) d[n] = t[n];
+      return d;
+    };
+    const auto want = ref::naive_forward(widen(q1), widen(k1), widen(v1), {});
+    EXPECT_TRUE(Near(load_npy_as<double>(path("o1.npy")), want.out, 1e-4)) << splits;
+    EXPECT_TRUE(Near(load_npy_as<double>(path("lse1.npy")), want.lse, 1e-4)) << splits;
+  }
+#endif
+}
+
+// Without a GPU (or without CUDA in the build) --impl cuda is one clear line, exit 1, no file.
+TEST_F(CliTest, CudaWithoutGpuIsOneLineError) {
+#if RINGATTN_CLI_TEST_HAVE_CUDA
+  std::string why;
+  if (ringattn::cuda::device_count(&why) > 0) GTEST_SKIP() << "a CUDA device is visible: CudaMatchesNaive runs instead";
+  const std::string expect = "no CUDA device: " + why;
+#else
+  const std::string expect = "built without CUDA";
+#endif
+  save_npy(path("q.npy"), random<double>({1, 16, 4, 8}));
+  save_npy(path("k.npy"), random<double>({1, 16, 2, 8}));
+  save_npy(path("v.npy"), random<double>({1, 16, 2, 8}));
+  save_npy(path("do.npy"), random<double>({1, 16, 4, 8}));
+  const std::vector<std::string> inputs = {"q.npy", "k.npy", "v.npy", "do.npy"};
+  const std::string qkv = " --q " + path("q.npy") + " --k " + path("k.npy") + " --v " + path("v.npy");
+  for (const std::string& args :
+       {"attention --impl cuda" + qkv + " --out " + path("o.npy"),
+        "attention --impl cuda --dtype bf16 --kernel tiled --causal" + qkv + " --out " + path("o.npy") + " --lse " +
+            path("lse.npy") + " --dout " + path("do.npy") + " --dq " + path("dq.npy") + " --dk " + path("dk.npy") +
+            " --dv " + path("dv.npy"),
+        "decode --impl cuda --splits 3 --dtype fp16" + qkv + " --out " + path("o.npy")}) {
+    const CliRun r = run(args);
+    EXPECT_EQ(r.code, 1) << args;
+    EXPECT_TRUE(OneLineError(r)) << args;
+    EXPECT_NE(r.err.find(expect), std::string::npos) << "message: " << r.err;
+    EXPECT_EQ(outputs_present(inputs), std::vector<std::string>{}) << args;
+  }
+}
+
 // ---- bad input: one line, non-zero exit, no output file ----------------------------------------
 
 struct BadCase {
@@ -324,6 +423,14 @@ INSTANTIATE_TEST_SUITE_P(
         BadCase{"MissingRequired", "attention --q {d}/q.npy --k {d}/k.npy --out {d}/o.npy", "--v"},
         BadCase{"DecodeZeroSplits", "decode --q {d}/q.npy --k {d}/k.npy --v {d}/v.npy --splits 0 --out {d}/o.npy", "splits"},
         BadCase{"DecodeBadSplits", "decode --q {d}/q.npy --k {d}/k.npy --v {d}/v.npy --splits two --out {d}/o.npy", "splits"},
+        BadCase{"CudaBadDtype", "attention --impl cuda --dtype fp8" + kQKV, "fp8"},
+        BadCase{"CudaUnknownKernel", "attention --impl cuda --kernel fast" + kQKV, "fast"},
+        BadCase{"KernelWithoutCuda", "attention --kernel tiled" + kQKV, "only to --impl cuda"},
+        BadCase{"DtypeWithoutCuda", "attention --impl ring --dtype bf16" + kQKV, "only to --impl cuda"},
+        BadCase{"CudaBlockSizes", "attention --impl cuda --block-kv 64" + kQKV, "--block-q and --block-kv"},
+        BadCase{"CudaLayout", "attention --impl cuda --layout zigzag" + kQKV, "only to --impl ring"},
+        BadCase{"DecodeDtypeWithoutCuda", "decode --q {d}/q.npy --k {d}/k.npy --v {d}/v.npy --splits 2 --dtype bf16 --out {d}/o.npy", "only to --impl cuda"},
+        BadCase{"DecodeUnknownImpl", "decode --impl gpu --q {d}/q.npy --k {d}/k.npy --v {d}/v.npy --splits 2 --out {d}/o.npy", "gpu"},
         BadCase{"NoSubcommand", "", "subcommand"},
         BadCase{"SimUnknownPreset", "simulate --cluster h100 --devices 8 --seq-len 8192 --heads 8 --head-dim 128" + kSimOut, "not a preset"},
         BadCase{"SimMalformedJson", "simulate --cluster {d}/bad.json --devices 8 --seq-len 8192 --heads 8 --head-dim 128" + kSimOut, "bad.json"},

@@ -1,0 +1,137 @@
+// `--impl cuda`: uploads the .npy inputs converted to the compute dtype, runs cuda::forward /
+// cuda::backward / cuda::decode on the default stream, and brings the results back in the
+// inputs' dtype. Only built with RINGATTN_WITH_CUDA.
+#include "cuda_cmd.hpp"
+
+#include <climits>
+#include <cstdint>
+#include <vector>
+
+#include "ringattn/core/error.hpp"
+#include "ringattn/cuda/attention.hpp"
+#include "ringattn/cuda/device.hpp"
+
+namespace ringattn::cli {
+namespace {
+
+template <class T>
+cuda::DeviceBuffer upload(const Tensor<T>& t, cuda::DType dtype) {
+  std::vector<float> f(static_cast<std::size_t>(t.size()));
+  for (std::int64_t n = 0; n < t.size(); ++n) f[static_cast<std::size_t>(n)] = static_cast<float>(t[n]);
+  return cuda::upload(dtype, f);
+}
+
+// Downloads float32 elements (what every output of the kernels is here) into a Tensor<T>.
+template <class T>
+Tensor<T> download(const cuda::DeviceBuffer& buf, std::vector<std::int64_t> shape) {
+  Tensor<T> t(std::move(shape));
+  const std::vector<float> f = cuda::download(cuda::DType::F32, buf.data(), static_cast<std::size_t>(t.size()));
+  for (std::int64_t n = 0; n < t.size(); ++n) t[n] = static_cast<T>(f[static_cast<std::size_t>(n)]);
+  return t;
+}
+
+cuda::MaskArgs mask_of(const CudaOptions& o) {
+  cuda::MaskArgs m;
+  m.causal = o.causal;
+  if (o.scale) m.scale = static_cast<float>(*o.scale);
+  return m;
+}
+
+}  // namespace
+
+void require_cuda_device() {
+  std::string why;
+  if (cuda::device_count(&why) == 0) fail("no CUDA device: ", why);
+}
+
+template <class T>
+CudaAttentionResult<T> cuda_attention(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v,
+                                      const Tensor<T>* dout, const CudaOptions& o) {
+  const cuda::DType dtype = cuda::parse_dtype(o.dtype);
+  const cuda::Kernel kernel = cuda::parse_kernel(o.kernel);
+  const AttentionShape shape = ref::check_qkv(q, k, v);
+  const std::vector<std::int64_t> lse_shape = {shape.batch, shape.heads_q, shape.seq_q};
+
+  const cuda::DeviceBuffer dq = upload(q, dtype), dk = upload(k, dtype), dv = upload(v, dtype);
+  // O in float32: the file gets the most precise result the kernel has.
+  const cuda::DeviceBuffer dout_o(static_cast<std::size_t>(q.size()) * sizeof(float));
+  const cuda::DeviceBuffer dlse(static_cast<std::size_t>(shape.lse_elements()) * sizeof(float));
+  cuda::ForwardArgs f;
+  f.shape = shape;
+  f.dtype = dtype;
+  f.q = dq.data();
+  f.k = dk.data();
+  f.v = dv.data();
+  f.out = dout_o.data();
+  f.out_dtype = cuda::DType::F32;
+  f.lse = dlse.as<float>();
+  f.mask = mask_of(o);
+  cuda::forward(f, kernel);
+
+  CudaAttentionResult<T> r;
+  r.fwd.out = download<T>(dout_o, q.shape());  // synchronizes: a kernel fault surfaces here
+  r.fwd.lse = download<T>(dlse, lse_shape);
+  if (!dout) return r;
+
+  // The backward reads O in the input dtype, as training keeps it: the float32 O rounded on the
+  // host exactly as the kernel's store would round it.
+  const std::vector<float> o32 = cuda::download(cuda::DType::F32, dout_o.data(), static_cast<std::size_t>(q.size()));
+  const cuda::DeviceBuffer d_o = cuda::upload(dtype, o32);
+  const cuda::DeviceBuffer d_do = upload(*dout, dtype);
+  const cuda::DeviceBuffer delta(static_cast<std::size_t>(shape.lse_elements()) * sizeof(float));
+  const cuda::DeviceBuffer gq(static_cast<std::size_t>(q.size()) * sizeof(float));
+  const cuda::DeviceBuffer gk(static_cast<std::size_t>(k.size()) * sizeof(float));
+  const cuda::DeviceBuffer gv(static_cast<std::size_t>(v.size()) * sizeof(float));
+  cuda::BackwardArgs b;
+  b.shape = shape;
+  b.dtype = dtype;
+  b.q = dq.data();
+  b.k = dk.data();
+  b.v = dv.data();
+  b.out = d_o.data();
+  b.dout = d_do.data();
+  b.lse = dlse.as<float>();
+  b.delta = delta.as<float>();
+  b.dq = gq.as<float>();
+  b.dk = gk.as<float>();
+  b.dv = gv.as<float>();
+  b.mask = mask_of(o);
+  cuda::backward(b);
+  r.grads = ref::Gradients<T>{download<T>(gq, q.shape()), download<T>(gk, k.shape()), download<T>(gv, v.shape())};
+  return r;
+}
+
+template <class T>
+ref::ForwardResult<T> cuda_decode(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v, std::int64_t splits,
+                                  const CudaOptions& o) {
+  const cuda::DType dtype = cuda::parse_dtype(o.dtype);
+  const AttentionShape shape = ref::check_qkv(q, k, v);
+  require(splits >= 1 && splits <= INT_MAX, "--splits must be between 1 and ", INT_MAX, ", got ", splits);
+  const int n = static_cast<int>(splits);
+  const cuda::DeviceBuffer ws(cuda::decode_workspace_bytes(shape, n));
+  const cuda::DeviceBuffer dq = upload(q, dtype), dk = upload(k, dtype), dv = upload(v, dtype);
+  const cuda::DeviceBuffer dout_o(static_cast<std::size_t>(q.size()) * sizeof(float));
+  const cuda::DeviceBuffer dlse(static_cast<std::size_t>(shape.lse_elements()) * sizeof(float));
+  cuda::ForwardArgs f;
+  f.shape = shape;
+  f.dtype = dtype;
+  f.q = dq.data();
+  f.k = dk.data();
+  f.v = dv.data();
+  f.out = dout_o.data();
+  f.out_dtype = cuda::DType::F32;
+  f.lse = dlse.as<float>();
+  f.mask = mask_of(o);
+  cuda::decode(f, n, ws.data());
+  return {download<T>(dout_o, q.shape()), download<T>(dlse, {shape.batch, shape.heads_q, shape.seq_q})};
+}
+
+#define INSTANTIATE(T)                                                                                           \
+  template CudaAttentionResult<T> cuda_attention<T>(const Tensor<T>&, const Tensor<T>&, const Tensor<T>&,       \
+                                                    const Tensor<T>*, const CudaOptions&);                      \
+  template ref::ForwardResult<T> cuda_decode<T>(const Tensor<T>&, const Tensor<T>&, const Tensor<T>&, std::int64_t, \
+                                                const CudaOptions&);
+INSTANTIATE(float)
+INSTANTIATE(double)
+
+}  // namespace ringattn::cli

@@ -1,0 +1,728 @@
+// The CUDA kernels against the float64 reference (label gpu; every test skips, with the reason,
+// when no CUDA device is visible).
+//
+// How a kernel is judged (DESIGN.md, "How correctness is judged"): its inputs are drawn in double,
+// rounded to the input dtype, and the *rounded* values are handed to the float64 reference
+// (ringattn::ref::block_forward / block_backward / merge_into, with the same positions and scale),
+// so the comparison measures the kernel's own arithmetic:
+//   - fp32 outputs (O with out_dtype F32, LSE, dQ/dK/dV, D): the float32 tolerance (~1e-5
+//     relative, growing with the size of the logits), whatever the input dtype;
+//   - bf16/fp16 outputs (O with out_dtype = the input dtype): flash-attention's criterion,
+//     max|O - O_ref| <= 2 max|O_naive - O_ref| + the rounding of O_ref to the dtype, where O_naive
+//     is naive attention computed in that dtype (fp32 accumulation, every matmul and the softmax
+//     rounded to the dtype, as a framework without a fused kernel computes it).
+// Outputs are poisoned with NaN first (an element no thread wrote fails), rows that see no key
+// must be exactly O = 0, LSE = -inf, and inputs are fresh random values per test (seed printed on
+// failure), with large logits, GQA, odd lengths, S_q != S_kv, offsets and strides.
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <optional>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "common/check.hpp"
+#include "ringattn/core/error.hpp"
+#include "ringattn/core/schedule.hpp"
+#include "ringattn/core/tensor.hpp"
+#include "ringattn/cuda/attention.hpp"
+#include "ringattn/cuda/device.hpp"
+#include "ringattn/reference/attention.hpp"
+
+namespace {
+
+namespace rc = ringattn::cuda;
+namespace ref = ringattn::ref;
+using ringattn::AttentionShape;
+using ringattn::Positions;
+using ringattn::Tensor;
+using ringattn::test::ShapeCase;
+
+constexpr double kNegInf = -std::numeric_limits<double>::infinity();
+
+// ---- fixtures and helpers ---------------------------------------------------------------------
+
+bool have_gpu(std::string* why) { return rc::device_count(why) > 0; }
+
+#define RINGATTN_SKIP_WITHOUT_GPU()                                 \
+  do {                                                              \
+    std::string why_;                                               \
+    if (!have_gpu(&why_)) GTEST_SKIP() << "no CUDA device: " << why_; \
+  } while (0)
+
+std::string dtype_name(rc::DType d) { return std::string(rc::to_string(d)); }
+
+// A random (B, S, H, D) tensor in double, rounded to @p dt: the values the device will hold.
+Tensor<double> random_in(const std::vector<std::int64_t>& shape, rc::DType dt, std::mt19937_64& rng,
+                         double multiplier = 1.0) {
+  Tensor<double> t = ringattn::test::random_tensor<double>(shape, rng, ringattn::test::Dist::Normal, multiplier);
+  for (auto& x : t.values()) x = rc::round_to(dt, static_cast<float>(x));
+  return t;
+}
+
+rc::DeviceBuffer to_device(const Tensor<double>& t, rc::DType dt) { return rc::upload(dt, t.values()); }
+
+// A buffer of @p count elements of @p dt, every one NaN.
+rc::DeviceBuffer poisoned(rc::DType dt, std::int64_t count) {
+  return rc::upload(dt, std::vector<float>(static_cast<std::size_t>(count), std::numeric_limits<float>::quiet_NaN()));
+}
+
+Tensor<double> from_device(const rc::DeviceBuffer& buf, rc::DType dt, const std::vector<std::int64_t>& shape) {
+  Tensor<double> t(shape);
+  const std::vector<float> v = rc::download(dt, buf.data(), static_cast<std::size_t>(t.size()));
+  for (std::int64_t n = 0; n < t.size(); ++n) t[n] = v[static_cast<std::size_t>(n)];
+  return t;
+}
+
+double max_abs(const Tensor<double>& t) { return ringattn::test::max_abs(t); }
+
+// Largest |scale q_i . k_j| over all pairs: how large the logits are (the float32 error of a
+// softmax grows with it).
+double max_logit(const Tensor<double>& q, const Tensor<double>& k, double scale) {
+  const std::int64_t B = q.dim(0), Sq = q.dim(1), Hq = q.dim(2), D = q.dim(3), Skv = k.dim(1), Hkv = k.dim(2);
+  double best = 0.0;
+  for (std::int64_t b = 0; b < B; ++b) {
+    for (std::int64_t h = 0; h < Hq; ++h) {
+      const std::int64_t hk = h / (Hq / Hkv);
+      for (std::int64_t i = 0; i < Sq; ++i) {
+        const double* qi = q.data() + ((b * Sq + i) * Hq + h) * D;
+        for (std::int64_t j = 0; j < Skv; ++j) {
+          const double* kj = k.data() + ((b * Skv + j) * Hkv + hk) * D;
+          double s = 0.0;
+          for (std::int64_t d = 0; d < D; ++d) s += qi[d] * kj[d];
+          best = std::max(best, std::fabs(scale * s));
+        }
+      }
+    }
+  }
+  return best;
+}
+
+// The float32 tolerance: 1e-5 relative (DESIGN.md), for outputs of size @p magnitude from logits
+// of size @p logit (an error eps |s| in a score is a relative error of that size in its weight).
+ringattn::test::Tolerance fp32_tolerance(double magnitude, double logit, double base = 1e-5) {
+  return {base * (1.0 + logit / 4.0) * std::max(1.0, magnitude), base};
+}
+
+struct Mask {
+  bool causal = false;
+  Positions qpos;
+  Positions kpos;
+  double scale = 1.0;
+};
+
+// The mask of a case, with the API's defaults made explicit (queries end-aligned, keys from 0,
+// scale the float 1/sqrt(D) the kernels use).
+Mask resolve_mask(const ShapeCase& c, bool causal, const std::optional<Positions>& qpos,
+                  const std::optional<Positions>& kpos) {
+  Mask m;
+  m.causal = causal;
+  m.qpos = qpos.value_or(Positions{c.seq_kv - c.seq_q, 1});
+  m.kpos = kpos.value_or(Positions{0, 1});
+  m.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(c.head_dim)));
+  return m;
+}
+
+rc::MaskArgs mask_args(const Mask& m) {
+  rc::MaskArgs a;
+  a.causal = m.causal;
+  a.q_pos = m.qpos;
+  a.k_pos = m.kpos;
+  a.scale = static_cast<float>(m.scale);
+  return a;
+}
+
+ref::KernelArgs kernel_args(const Mask& m) {
+  ref::KernelArgs a;
+  a.qpos = m.qpos;
+  a.kpos = m.kpos;
+  a.causal = m.causal;
+  a.scale = m.scale;
+  a.block_q = 64;
+  a.block_kv = 128;
+  return a;
+}
+
+// The float64 reference forward with positions.
+ref::ForwardResult<double> reference_forward(const Tensor<double>& q, const Tensor<double>& k,
+                                             const Tensor<double>& v, const Mask& m) {
+  ref::ForwardResult<double> r{Tensor<double>(q.shape()), Tensor<double>({q.dim(0), q.dim(2), q.dim(1)})};
+  ref::block_forward<double>(ringattn::seq_view(q), ringattn::seq_view(k), ringattn::seq_view(v), kernel_args(m),
+                             ringattn::seq_view(r.out), ringattn::lse_view(r.lse));
+  return r;
+}
+
+// Naive attention computed in @p dt the way a framework without a fused kernel does it (the
+// baseline of flash-attention's tests): S = (scale Q) K^T, P = softmax(S), O = P V, each matmul
+// accumulated in float32 and its result rounded to dt, the softmax computed in float32 and
+// rounded to dt. A row that sees no key gets 0 (the project's convention).
+Tensor<double> lowp_naive_forward(const Tensor<double>& q, const Tensor<double>& k, const Tensor<double>& v,
+                                  rc::DType dt, const Mask& m) {
+  const std::int64_t B = q.dim(0), Sq = q.dim(1), Hq = q.dim(2), D = q.dim(3), Skv = k.dim(1), Hkv = k.dim(2);
+  auto rnd = [dt](float x) { return rc::round_to(dt, x); };
+  Tensor<double> out(q.shape(), 0.0);
+  std::vector<float> qs(static_cast<std::size_t>(D)), s(static_cast<std::size_t>(Skv)), p(static_cast<std::size_t>(Skv));
+  std::vector<char> vis(static_cast<std::size_t>(Skv));
+  for (std::int64_t b = 0; b < B; ++b) {
+    for (std::int64_t h = 0; h < Hq; ++h) {
+      const std::int64_t hk = h / (Hq / Hkv);
+      for (std::int64_t i = 0; i < Sq; ++i) {
+        const double* qi = q.data() + ((b * Sq + i) * Hq + h) * D;
+        for (std::int64_t d = 0; d < D; ++d) {
+          qs[static_cast<std::size_t>(d)] = rnd(static_cast<float>(qi[d]) * static_cast<float>(m.scale));
+        }
+        float mx = -std::numeric_limits<float>::infinity();
+        for (std::int64_t j = 0; j < Skv; ++j) {
+          const auto ju = static_cast<std::size_t>(j);
+          vis[ju] = static_cast<char>(!m.causal || m.kpos.at(j) <= m.qpos.at(i));
+          if (!vis[ju]) continue;
+          const double* kj = k.data() + ((b * Skv + j) * Hkv + hk) * D;
+          float acc = 0.0f;
+          for (std::int64_t d = 0; d < D; ++d) acc += qs[static_cast<std::size_t>(d)] * static_cast<float>(kj[d]);
+          s[ju] = rnd(acc);
+          mx = std::max(mx, s[ju]);
+        }
+        if (mx == -std::numeric_limits<float>::infinity()) continue;  // no key: O = 0
+        float sum = 0.0f;
+        for (std::int64_t j = 0; j < Skv; ++j) {
+          const auto ju = static_cast<std::size_t>(j);
+          if (vis[ju]) sum += (p[ju] = std::exp(s[ju] - mx));
+        }
+        for (std::int64_t j = 0; j < Skv; ++j) {
+          const auto ju = static_cast<std::size_t>(j);
+          p[ju] = vis[ju] ? rnd(p[ju] / sum) : 0.0f;
+        }
+        double* oi = out.data() + ((b * Sq + i) * Hq + h) * D;
+        for (std::int64_t d = 0; d < D; ++d) {
+          float acc = 0.0f;
+          for (std::int64_t j = 0; j < Skv; ++j) {
+            if (vis[static_cast<std::size_t>(j)]) {
+              acc += p[static_cast<std::size_t>(j)] * static_cast<float>(v[((b * Skv + j) * Hkv + hk) * D + d]);
+            }
+          }
+          oi[d] = rnd(acc);
+        }
+      }
+    }
+  }
+  return out;
+}
+
+// flash-attention's criterion for a low-precision output: its error against the float64
+// reference is at most twice that of the naive low-precision computation, plus the error of
+// rounding the reference itself to the dtype.
+::testing::AssertionResult FlashCriterion(const Tensor<double>& got, const Tensor<double>& lowp,
+                                          const Tensor<double>& want, rc::DType dt) {
+  double err = 0.0, err_naive = 0.0, slack = 0.0;
+  std::int64_t worst = 0;
+  for (std::int64_t n = 0; n < want.size(); ++n) {
+    if (std::isnan(got[n])) {
+      return ::testing::AssertionFailure() << "element " << ringattn::test::multi_index(got.shape(), n) << " is NaN";
+    }
+    const double e = std::fabs(got[n] - want[n]);
+    if (!(e <= err)) worst = n;
+    err = std::max(err, e);
+    err_naive = std::max(err_naive, std::fabs(lowp[n] - want[n]));
+    slack = std::max(slack, std::fabs(rc::round_to(dt, static_cast<float>(want[n])) - want[n]));
+  }
+  const double allowed = 2.0 * err_naive + slack;
+  if (err <= allowed) {
+    return ::testing::AssertionSuccess() << "max error " << err << " <= 2 x " << err_naive << " + " << slack;
+  }
+  return ::testing::AssertionFailure() << "max error " << err << " at " << ringattn::test::multi_index(got.shape(), worst)
+                                       << " (got " << got[worst] << ", want " << want[worst] << ") exceeds 2 x naive "
+                                       << dtype_name(dt) << " error " << err_naive << " + rounding " << slack;
+}
+
+// ---- forward --------------------------------------------------------------------------------
+
+struct FwdCase {
+  std::string name;
+  ShapeCase shape;
+  bool causal = false;
+  std::optional<Positions> qpos;
+  std::optional<Positions> kpos;
+  double q_mul = 1.0;  // 10: logits ~10x larger than usual
+};
+
+std::vector<FwdCase> forward_cases() {
+  return {
+      {"S1", {1, 1, 1, 1, 1, 64}, false, {}, {}, 1.0},
+      {"S7_gqa4_causal", {2, 7, 7, 8, 2, 64}, true, {}, {}, 1.0},
+      {"S127_gqa8_causal_D128", {1, 127, 127, 8, 1, 128}, true, {}, {}, 1.0},
+      {"S1000_causal", {1, 1000, 1000, 2, 2, 64}, true, {}, {}, 1.0},
+      {"Sq33_Skv1000_D32", {2, 33, 1000, 4, 2, 32}, false, {}, {}, 1.0},
+      {"Sq100_Skv40_causal_emptyrows", {1, 100, 40, 2, 1, 16}, true, {}, {}, 1.0},
+      // Ring segments: a zigzag rank's later query chunk against an earlier key chunk (all
+      // visible), its diagonal, and an earlier query chunk against later keys (nothing visible).
+      {"zigzag_q_after_k", {1, 32, 64, 4, 2, 64}, true, Positions{96, 1}, Positions{0, 1}, 1.0},
+      {"zigzag_diagonal", {1, 32, 32, 4, 2, 64}, true, Positions{64, 1}, Positions{64, 1}, 1.0},
+      {"zigzag_q_before_k", {1, 16, 32, 2, 2, 64}, true, Positions{0, 1}, Positions{64, 1}, 1.0},
+      // Striped ranks (stride 4): query rank 3 against key rank 1, and rank 0 against rank 2 (its
+      // first query sees no key).
+      {"striped_3_vs_1", {2, 50, 50, 4, 4, 64}, true, Positions{3, 4}, Positions{1, 4}, 1.0},
+      {"striped_0_vs_2_D40", {1, 31, 31, 2, 1, 40}, true, Positions{0, 4}, Positions{2, 4}, 1.0},
+      {"D256_causal", {1, 65, 97, 2, 1, 256}, true, {}, {}, 1.0},
+      {"D8_causal", {1, 33, 33, 1, 1, 8}, true, {}, {}, 1.0},
+      {"D17_causal", {1, 45, 70, 2, 2, 17}, true, {}, {}, 1.0},
+      {"D96_gqa2", {1, 129, 129, 6, 3, 96}, false, {}, {}, 1.0},
+      {"large_logits_causal", {1, 300, 300, 4, 2, 64}, true, {}, {}, 10.0},
+  };
+}
+
+void PrintTo(const FwdCase& c, std::ostream* os) { *os << c.name; }
+
+using FwdParam = std::tuple<rc::Kernel, rc::DType, bool /*out in input dtype*/, FwdCase>;
+
+class Forward : public ::testing::TestWithParam<FwdParam> {};
+
+TEST_P(Forward, MatchesFloat64Reference) {
+  RINGATTN_SKIP_WITHOUT_GPU();
+  const auto& [kernel, dt, out_same, c] = GetParam();
+  RINGATTN_SEEDED_RNG(rng);
+  const ShapeCase& s = c.shape;
+  const Tensor<double> q = random_in(s.q_shape(), dt, rng, c.q_mul);
+  const Tensor<double> k = random_in(s.kv_shape(), dt, rng);
+  const Tensor<double> v = random_in(s.kv_shape(), dt, rng);
+  const Mask m = resolve_mask(s, c.causal, c.qpos, c.kpos);
+  const rc::DType out_dt = out_same ? dt : rc::DType::F32;
+
+  const rc::DeviceBuffer dq = to_device(q, dt), dk = to_device(k, dt), dv = to_device(v, dt);
+  const rc::DeviceBuffer dout = poisoned(out_dt, q.size());
+  const rc::DeviceBuffer dlse = poisoned(rc::DType::F32, s.batch * s.heads_q * s.seq_q);
+  rc::ForwardArgs args;
+  args.shape = AttentionShape{s.batch, s.seq_q, s.seq_kv, s.heads_q, s.heads_kv, s.head_dim};
+  args.dtype = dt;
+  args.q = dq.data();
+  args.k = dk.data();
+  args.v = dv.data();
+  args.out = dout.data();
+  args.out_dtype = out_dt;
+  args.lse = dlse.as<float>();
+  // Half the cases leave the mask at its defaults, so the API's resolution is what is tested.
+  if (c.qpos || c.kpos) {
+    args.mask = mask_args(m);
+  } else {
+    args.mask.causal = c.causal;
+  }
+
+  std::string why;
+  if (!rc::supports(args, kernel, &why)) {
+    if (kernel == rc::Kernel::TensorCore) {
+      // The tensor-core forward takes bf16/fp16 with D = 64 or 128 only; it must refuse the rest.
+      EXPECT_TRUE(dt == rc::DType::F32 || (s.head_dim != 64 && s.head_dim != 128)) << why;
+      EXPECT_THROW(rc::forward(args, kernel), ringattn::Error);
+      return;
+    }
+    // Otherwise only the tiled kernel refuses a case here (D not a multiple of 8), and it must say so.
+    EXPECT_EQ(kernel, rc::Kernel::Tiled) << why;
+    EXPECT_NE(why.find("multiple of 8"), std::string::npos) << why;
+    EXPECT_THROW(rc::forward(args, kernel), ringattn::Error);
+    return;
+  }
+  rc::forward(args, kernel);
+  RINGATTN_CUDA_CHECK(cudaDeviceSynchronize());
+
+  const Tensor<double> out = from_device(dout, out_dt, s.q_shape());
+  const Tensor<double> lse = from_device(dlse, rc::DType::F32, s.lse_shape());
+  const ref::ForwardResult<double> want = reference_forward(q, k, v, m);
+  const double logit = max_logit(q, k, m.scale);
+
+  std::int64_t empty = 0;
+  EXPECT_TRUE(ringattn::test::EmptyRowsExact(out, lse, want.lse, &empty));
+  if (c.name.find("empty") != std::string::npos || c.name == "zigzag_q_before_k") {
+    EXPECT_GT(empty, 0) << "the case is meant to have rows that see no key";
+  }
+  const auto lse_tol = fp32_tolerance(1.0, logit);
+  EXPECT_TRUE(ringattn::test::AllClose(lse, want.lse, lse_tol.atol * (1.0 + max_abs(want.lse)), lse_tol.rtol));
+  if (out_dt == rc::DType::F32) {
+    const auto tol = fp32_tolerance(max_abs(want.out), logit);
+    EXPECT_TRUE(ringattn::test::AllClose(out, want.out, tol.atol, tol.rtol));
+  } else {
+    EXPECT_TRUE(FlashCriterion(out, lowp_naive_forward(q, k, v, dt, m), want.out, dt));
+  }
+}
+
+std::vector<FwdParam> forward_params() {
+  std::vector<FwdParam> ps;
+  for (rc::Kernel kernel : {rc::Kernel::Simple, rc::Kernel::Tiled, rc::Kernel::TensorCore, rc::Kernel::Auto}) {
+    for (rc::DType dt : {rc::DType::F32, rc::DType::F16, rc::DType::BF16}) {
+      for (bool same : {false, true}) {
+        if (dt == rc::DType::F32 && same) continue;  // fp32 out is the same thing
+        for (const FwdCase& c : forward_cases()) ps.emplace_back(kernel, dt, same, c);
+      }
+    }
+  }
+  return ps;
+}
+
+std::string forward_name(const ::testing::TestParamInfo<FwdParam>& i) {
+  const auto& [kernel, dt, same, c] = i.param;
+  std::string k(rc::to_string(kernel));
+  std::replace(k.begin(), k.end(), '-', '_');
+  return k + "_" + dtype_name(dt) + (same ? "_out" + dtype_name(dt) : std::string("_outfp32")) + "_" + c.name;
+}
+
+INSTANTIATE_TEST_SUITE_P(Kernels, Forward, ::testing::ValuesIn(forward_params()), forward_name);
+
+TEST(ForwardStream, RunsOnTheGivenStream) {
+  RINGATTN_SKIP_WITHOUT_GPU();
+  RINGATTN_SEEDED_RNG(rng);
+  const ShapeCase s{1, 70, 90, 4, 2, 64};
+  const rc::DType dt = rc::DType::BF16;
+  const Tensor<double> q = random_in(s.q_shape(), dt, rng), k = random_in(s.kv_shape(), dt, rng),
+                       v = random_in(s.kv_shape(), dt, rng);
+  const rc::DeviceBuffer dq = to_device(q, dt), dk = to_device(k, dt), dv = to_device(v, dt);
+  cudaStream_t stream = nullptr;
+  RINGATTN_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  for (rc::Kernel kernel : {rc::Kernel::Simple, rc::Kernel::Tiled}) {
+    const rc::DeviceBuffer dout = poisoned(rc::DType::F32, q.size());
+    rc::ForwardArgs args;
+    args.shape = AttentionShape{s.batch, s.seq_q, s.seq_kv, s.heads_q, s.heads_kv, s.head_dim};
+    args.dtype = dt;
+    args.q = dq.data();
+    args.k = dk.data();
+    args.v = dv.data();
+    args.out = dout.data();
+    args.mask.causal = true;
+    rc::forward(args, kernel, stream);
+    RINGATTN_CUDA_CHECK(cudaStreamSynchronize(stream));
+    const Tensor<double> out = from_device(dout, rc::DType::F32, s.q_shape());
+    const Mask m = resolve_mask(s, true, {}, {});
+    const auto want = reference_forward(q, k, v, m);
+    const auto tol = fp32_tolerance(max_abs(want.out), max_logit(q, k, m.scale));
+    EXPECT_TRUE(ringattn::test::AllClose(out, want.out, tol.atol, tol.rtol)) << rc::to_string(kernel);
+  }
+  RINGATTN_CUDA_CHECK(cudaStreamDestroy(stream));
+}
+
+// ---- backward -------------------------------------------------------------------------------
+
+using BwdParam = std::tuple<rc::DType, bool /*accumulate*/, FwdCase>;
+
+class Backward : public ::testing::TestWithParam<BwdParam> {};
+
+// The backward is judged on exactly the inputs it is given (Q, K, V, dO, the forward's O in the
+// input dtype and its LSE): the float64 reference recomputes P from the same LSE and D from the
+// same O, so the float32 tolerance applies (stricter than flash-attention's criterion).
+TEST_P(Backward, MatchesFloat64ReferenceOnTheSameInputs) {
+  RINGATTN_SKIP_WITHOUT_GPU();
+  const auto& [dt, accumulate, c] = GetParam();
+  RINGATTN_SEEDED_RNG(rng);
+  const ShapeCase& s = c.shape;
+  const Tensor<double> q = random_in(s.q_shape(), dt, rng, c.q_mul);
+  const Tensor<double> k = random_in(s.kv_shape(), dt, rng);
+  const Tensor<double> v = random_in(s.kv_shape(), dt, rng);
+  const Tensor<double> dO = random_in(s.q_shape(), dt, rng);
+  const Mask m = resolve_mask(s, c.causal, c.qpos, c.kpos);
+  const AttentionShape shape{s.batch, s.seq_q, s.seq_kv, s.heads_q, s.heads_kv, s.head_dim};
+
+  const rc::DeviceBuffer d_q = to_device(q, dt), d_k = to_device(k, dt), d_v = to_device(v, dt),
+                         d_do = to_device(dO, dt);
+  const rc::DeviceBuffer d_o = poisoned(dt, q.size());
+  const rc::DeviceBuffer d_lse = poisoned(rc::DType::F32, s.batch * s.heads_q * s.seq_q);
+  rc::ForwardArgs f;
+  f.shape = shape;
+  f.dtype = dt;
+  f.q = d_q.data();
+  f.k = d_k.data();
+  f.v = d_v.data();
+  f.out = d_o.data();
+  f.out_dtype = dt;  // what training keeps for the backward
+  f.lse = d_lse.as<float>();
+  f.mask = mask_args(m);
+  rc::forward(f, rc::Kernel::Simple);
+
+  // What the gradients start as: NaN (all must be written) or random values to add to.
+  const Tensor<double> dq0 = accumulate ? random_in(s.q_shape(), rc::DType::F32, rng) : Tensor<double>(s.q_shape());
+  const Tensor<double> dk0 = accumulate ? random_in(s.kv_shape(), rc::DType::F32, rng) : Tensor<double>(s.kv_shape());
+  const Tensor<double> dv0 = accumulate ? random_in(s.kv_shape(), rc::DType::F32, rng) : Tensor<double>(s.kv_shape());
+  const rc::DeviceBuffer d_dq = accumulate ? to_device(dq0, rc::DType::F32) : poisoned(rc::DType::F32, q.size());
+  const rc::DeviceBuffer d_dk = accumulate ? to_device(dk0, rc::DType::F32) : poisoned(rc::DType::F32, k.size());
+  const rc::DeviceBuffer d_dv = accumulate ? to_device(dv0, rc::DType::F32) : poisoned(rc::DType::F32, v.size());
+  const rc::DeviceBuffer d_delta = poisoned(rc::DType::F32, s.batch * s.heads_q * s.seq_q);
+  rc::BackwardArgs b;
+  b.shape = shape;
+  b.dtype = dt;
+  b.q = d_q.data();
+  b.k = d_k.data();
+  b.v = d_v.data();
+  b.out = d_o.data();
+  b.dout = d_do.data();
+  b.lse = d_lse.as<float>();
+  b.delta = d_delta.as<float>();
+  b.dq = d_dq.as<float>();
+  b.dk = d_dk.as<float>();
+  b.dv = d_dv.as<float>();
+  b.accumulate = accumulate;
+  b.mask = mask_args(m);
+  rc::backward(b);
+  RINGATTN_CUDA_CHECK(cudaDeviceSynchronize());
+
+  const Tensor<double> out = from_device(d_o, dt, s.q_shape());
+  const Tensor<double> lse = from_device(d_lse, rc::DType::F32, s.lse_shape());
+  const Tensor<double> delta = from_device(d_delta, rc::DType::F32, s.lse_shape());
+  // The reference, from the same O and LSE.
+  const Tensor<double> want_delta = ref::softmax_delta(out, dO);
+  ref::Gradients<double> want{dq0, dk0, dv0};
+  ref::block_backward<double>(ringattn::seq_view(q), ringattn::seq_view(k), ringattn::seq_view(v),
+                              ringattn::seq_view(dO), ringattn::lse_view(lse), ringattn::lse_view(want_delta),
+                              kernel_args(m), ringattn::seq_view(want.dq), ringattn::seq_view(want.dk),
+                              ringattn::seq_view(want.dv));
+  const double logit = max_logit(q, k, m.scale);
+  const auto dtol = fp32_tolerance(max_abs(want_delta), 0.0);
+  EXPECT_TRUE(ringattn::test::AllClose(delta, want_delta, dtol.atol, dtol.rtol)) << "D = rowsum(dO * O)";
+  const struct {
+    const char* name;
+    const rc::DeviceBuffer& buf;
+    const Tensor<double>& want;
+  } grads[] = {{"dQ", d_dq, want.dq}, {"dK", d_dk, want.dk}, {"dV", d_dv, want.dv}};
+  for (const auto& g : grads) {
+    const Tensor<double> got = from_device(g.buf, rc::DType::F32, g.want.shape());
+    const auto tol = fp32_tolerance(max_abs(g.want), logit, 3e-5);  // five chained products: more room
+    EXPECT_TRUE(ringattn::test::AllClose(got, g.want, tol.atol, tol.rtol)) << g.name;
+  }
+
+  // compute_delta = false reads D instead of writing it: same gradients, D untouched.
+  const rc::DeviceBuffer d_dq2 = poisoned(rc::DType::F32, q.size());
+  const rc::DeviceBuffer d_dk2 = poisoned(rc::DType::F32, k.size());
+  const rc::DeviceBuffer d_dv2 = poisoned(rc::DType::F32, v.size());
+  b.compute_delta = false;
+  b.out = nullptr;  // not needed without the pre-pass
+  b.accumulate = false;
+  b.dq = d_dq2.as<float>();
+  b.dk = d_dk2.as<float>();
+  b.dv = d_dv2.as<float>();
+  rc::backward(b);
+  RINGATTN_CUDA_CHECK(cudaDeviceSynchronize());
+  EXPECT_TRUE(ringattn::test::AllClose(from_device(d_delta, rc::DType::F32, s.lse_shape()), delta, 0.0, 0.0));
+  const Tensor<double> got_dq = from_device(d_dq2, rc::DType::F32, s.q_shape());
+  const Tensor<double> got_dq1 = from_device(d_dq, rc::DType::F32, s.q_shape());
+  for (std::int64_t n = 0; n < got_dq.size(); ++n) {  // dq1 = dq0 + dQ (accumulate) or dQ
+    ASSERT_NEAR(got_dq[n] + (accumulate ? dq0[n] : 0.0), got_dq1[n], 1e-5 * (1.0 + std::fabs(got_dq1[n]))) << n;
+  }
+}
+
+std::vector<BwdParam> backward_params() {
+  std::vector<BwdParam> ps;
+  const std::vector<std::string> names = {"S1", "S7_gqa4_causal", "S127_gqa8_causal_D128", "Sq33_Skv1000_D32",
+                                          "Sq100_Skv40_causal_emptyrows", "zigzag_q_after_k", "zigzag_q_before_k",
+                                          "striped_3_vs_1", "striped_0_vs_2_D40", "D256_causal", "D17_causal",
+                                          "large_logits_causal"};
+  for (rc::DType dt : {rc::DType::F32, rc::DType::F16, rc::DType::BF16}) {
+    for (bool acc : {false, true}) {
+      for (const FwdCase& c : forward_cases()) {
+        if (std::find(names.begin(), names.end(), c.name) != names.end()) ps.emplace_back(dt, acc, c);
+      }
+    }
+  }
+  return ps;
+}
+
+std::string backward_name(const ::testing::TestParamInfo<BwdParam>& i) {
+  const auto& [dt, acc, c] = i.param;
+  return dtype_name(dt) + (acc ? "_accumulate_" : "_overwrite_") + c.name;
+}
+
+INSTANTIATE_TEST_SUITE_P(Simple, Backward, ::testing::ValuesIn(backward_params()), backward_name);
+
+// ---- merge ----------------------------------------------------------------------------------
+
+class Merge : public ::testing::TestWithParam<ShapeCase> {};
+
+// Every case of the reference's merge_into, row by row: accumulator empty, partial empty, both
+// empty, both present (also with LSEs far apart and large). The O of an empty side is NaN: the
+// kernel must not read it.
+TEST_P(Merge, MatchesReferenceIncludingEmptySides) {
+  RINGATTN_SKIP_WITHOUT_GPU();
+  RINGATTN_SEEDED_RNG(rng);
+  const ShapeCase& s = GetParam();
+  const std::int64_t B = s.batch, S = s.seq_q, H = s.heads_q, D = s.head_dim;
+  Tensor<double> oa = random_in({B, S, H, D}, rc::DType::F32, rng), ob = random_in({B, S, H, D}, rc::DType::F32, rng);
+  Tensor<double> la = random_in({B, H, S}, rc::DType::F32, rng, 5.0), lb = random_in({B, H, S}, rc::DType::F32, rng, 5.0);
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  for (std::int64_t b = 0; b < B; ++b) {
+    for (std::int64_t h = 0; h < H; ++h) {
+      for (std::int64_t i = 0; i < S; ++i) {
+        const std::int64_t li = (b * H + h) * S + i;
+        const std::int64_t kind = (i + h + b) % 6;
+        if (kind == 0 || kind == 2) la[li] = kNegInf;
+        if (kind == 1 || kind == 2) lb[li] = kNegInf;
+        if (kind == 4) la[li] = 80.0, lb[li] = -30.0;    // far apart: one weight underflows to ~0
+        if (kind == 5) la[li] = 300.0, lb[li] = 301.0;  // large: exp would overflow without the max
+        for (std::int64_t d = 0; d < D; ++d) {
+          const std::int64_t oi = ((b * S + i) * H + h) * D + d;
+          if (la[li] == kNegInf) oa[oi] = nan;
+          if (lb[li] == kNegInf) ob[oi] = nan;
+        }
+      }
+    }
+  }
+  const rc::DeviceBuffer d_oa = to_device(oa, rc::DType::F32), d_la = to_device(la, rc::DType::F32),
+                         d_ob = to_device(ob, rc::DType::F32), d_lb = to_device(lb, rc::DType::F32);
+  rc::merge(d_oa.as<float>(), d_la.as<float>(), d_ob.as<float>(), d_lb.as<float>(), B, S, H, D);
+  RINGATTN_CUDA_CHECK(cudaDeviceSynchronize());
+  Tensor<double> want_o = oa, want_l = la;
+  ref::merge_into(want_o, want_l, ob, lb);
+  const Tensor<double> got_o = from_device(d_oa, rc::DType::F32, oa.shape());
+  const Tensor<double> got_l = from_device(d_la, rc::DType::F32, la.shape());
+  EXPECT_TRUE(ringattn::test::AllClose(got_l, want_l, 1e-6 * (1.0 + max_abs(want_l)), 1e-6));
+  EXPECT_TRUE(ringattn::test::AllClose(got_o, want_o, 2e-6 * std::max(1.0, max_abs(want_o)), 2e-6));
+  EXPECT_TRUE(ringattn::test::EmptyRowsExact(got_o, got_l, want_l));
+  // The partial is read-only.
+  EXPECT_TRUE(ringattn::test::AllClose(from_device(d_lb, rc::DType::F32, lb.shape()), lb, 0.0, 0.0));
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, Merge,
+                         ::testing::Values(ShapeCase{1, 1, 1, 1, 1, 1}, ShapeCase{2, 37, 37, 3, 3, 40},
+                                           ShapeCase{1, 6, 6, 2, 2, 256}, ShapeCase{3, 129, 129, 5, 5, 33}),
+                         [](const ::testing::TestParamInfo<ShapeCase>& i) { return to_string(i.param); });
+
+// ---- decode ---------------------------------------------------------------------------------
+
+using DecodeParam = std::tuple<rc::DType, bool /*out in input dtype*/, std::int64_t /*splits; 0: S_kv + 5*/, FwdCase>;
+
+class Decode : public ::testing::TestWithParam<DecodeParam> {};
+
+TEST_P(Decode, MatchesFloat64Reference) {
+  RINGATTN_SKIP_WITHOUT_GPU();
+  const auto& [dt, out_same, splits_param, c] = GetParam();
+  RINGATTN_SEEDED_RNG(rng);
+  const ShapeCase& s = c.shape;
+  const std::int64_t splits = splits_param > 0 ? splits_param : s.seq_kv + 5;  // more splits than keys
+  const Tensor<double> q = random_in(s.q_shape(), dt, rng, c.q_mul);
+  const Tensor<double> k = random_in(s.kv_shape(), dt, rng);
+  const Tensor<double> v = random_in(s.kv_shape(), dt, rng);
+  const Mask m = resolve_mask(s, c.causal, c.qpos, c.kpos);
+  const rc::DType out_dt = out_same ? dt : rc::DType::F32;
+  const AttentionShape shape{s.batch, s.seq_q, s.seq_kv, s.heads_q, s.heads_kv, s.head_dim};
+
+  const rc::DeviceBuffer d_q = to_device(q, dt), d_k = to_device(k, dt), d_v = to_device(v, dt);
+  const rc::DeviceBuffer d_o = poisoned(out_dt, q.size());
+  const rc::DeviceBuffer d_lse = poisoned(rc::DType::F32, s.batch * s.heads_q * s.seq_q);
+  const std::size_t ws_bytes = rc::decode_workspace_bytes(shape, static_cast<int>(splits));
+  const rc::DeviceBuffer ws = poisoned(rc::DType::F32, static_cast<std::int64_t>(ws_bytes / 4));
+  rc::ForwardArgs args;
+  args.shape = shape;
+  args.dtype = dt;
+  args.q = d_q.data();
+  args.k = d_k.data();
+  args.v = d_v.data();
+  args.out = d_o.data();
+  args.out_dtype = out_dt;
+  args.lse = d_lse.as<float>();
+  args.mask = mask_args(m);
+  rc::decode(args, static_cast<int>(splits), ws.data());
+  RINGATTN_CUDA_CHECK(cudaDeviceSynchronize());
+
+  const Tensor<double> out = from_device(d_o, out_dt, s.q_shape());
+  const Tensor<double> lse = from_device(d_lse, rc::DType::F32, s.lse_shape());
+  const ref::ForwardResult<double> want = reference_forward(q, k, v, m);
+  const double logit = max_logit(q, k, m.scale);
+  EXPECT_TRUE(ringattn::test::EmptyRowsExact(out, lse, want.lse));
+  const auto lse_tol = fp32_tolerance(1.0, logit);
+  EXPECT_TRUE(ringattn::test::AllClose(lse, want.lse, lse_tol.atol * (1.0 + max_abs(want.lse)), lse_tol.rtol));
+  if (out_dt == rc::DType::F32) {
+    const auto tol = fp32_tolerance(max_abs(want.out), logit);
+    EXPECT_TRUE(ringattn::test::AllClose(out, want.out, tol.atol, tol.rtol));
+  } else {
+    EXPECT_TRUE(FlashCriterion(out, lowp_naive_forward(q, k, v, dt, m), want.out, dt));
+  }
+}
+
+std::vector<FwdCase> decode_cases() {
+  return {
+      {"Sq1_Skv1000_gqa4", {1, 1, 1000, 8, 2, 64}, false, {}, {}, 1.0},
+      {"Sq4_Skv301_causal_D128", {2, 4, 301, 4, 4, 128}, true, {}, {}, 1.0},
+      {"Sq3_Skv37_D17", {1, 3, 37, 2, 1, 17}, true, {}, {}, 1.0},
+      {"Sq1_Skv5_D256", {1, 1, 5, 2, 2, 256}, false, {}, {}, 1.0},
+      // A query in the middle of the cache: the splits past it see nothing.
+      {"mid_cache_causal", {1, 2, 1000, 2, 1, 64}, true, Positions{500, 1}, Positions{0, 1}, 1.0},
+      {"no_key_visible", {1, 2, 50, 2, 2, 64}, true, Positions{0, 1}, Positions{10, 1}, 1.0},
+      {"large_logits", {1, 1, 777, 4, 1, 64}, false, {}, {}, 10.0},
+  };
+}
+
+std::vector<DecodeParam> decode_params() {
+  std::vector<DecodeParam> ps;
+  for (rc::DType dt : {rc::DType::F32, rc::DType::F16, rc::DType::BF16}) {
+    for (bool same : {false, true}) {
+      if (dt == rc::DType::F32 && same) continue;
+      for (std::int64_t splits : {1, 3, 16, 0}) {
+        for (const FwdCase& c : decode_cases()) ps.emplace_back(dt, same, splits, c);
+      }
+    }
+  }
+  return ps;
+}
+
+std::string decode_name(const ::testing::TestParamInfo<DecodeParam>& i) {
+  const auto& [dt, same, splits, c] = i.param;
+  return dtype_name(dt) + (same ? "_out" + dtype_name(dt) : std::string("_outfp32")) +
+         (splits > 0 ? "_splits" + std::to_string(splits) : std::string("_splitsSkvPlus5")) + "_" + c.name;
+}
+
+INSTANTIATE_TEST_SUITE_P(Splits, Decode, ::testing::ValuesIn(decode_params()), decode_name);
+
+TEST(DecodeDefaultSplits, RunAndMatchTheForward) {
+  RINGATTN_SKIP_WITHOUT_GPU();
+  RINGATTN_SEEDED_RNG(rng);
+  int sms = 0;
+  RINGATTN_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
+  const ShapeCase s{1, 1, 4096, 8, 2, 128};
+  const AttentionShape shape{s.batch, s.seq_q, s.seq_kv, s.heads_q, s.heads_kv, s.head_dim};
+  const int splits = rc::decode_default_splits(shape, sms);
+  EXPECT_GE(splits, 1);
+  EXPECT_LE(splits, 16);
+  const rc::DType dt = rc::DType::BF16;
+  const Tensor<double> q = random_in(s.q_shape(), dt, rng), k = random_in(s.kv_shape(), dt, rng),
+                       v = random_in(s.kv_shape(), dt, rng);
+  const rc::DeviceBuffer d_q = to_device(q, dt), d_k = to_device(k, dt), d_v = to_device(v, dt);
+  const rc::DeviceBuffer d_o = poisoned(rc::DType::F32, q.size());
+  const rc::DeviceBuffer ws(rc::decode_workspace_bytes(shape, splits));
+  rc::ForwardArgs args;
+  args.shape = shape;
+  args.dtype = dt;
+  args.q = d_q.data();
+  args.k = d_k.data();
+  args.v = d_v.data();
+  args.out = d_o.data();
+  rc::decode(args, splits, ws.data());
+  RINGATTN_CUDA_CHECK(cudaDeviceSynchronize());
+  const Mask m = resolve_mask(s, false, {}, {});
+  const auto want = reference_forward(q, k, v, m);
+  const auto tol = fp32_tolerance(max_abs(want.out), max_logit(q, k, m.scale));
+  EXPECT_TRUE(ringattn::test::AllClose(from_device(d_o, rc::DType::F32, s.q_shape()), want.out, tol.atol, tol.rtol))
+      << splits << " splits on " << sms << " SMs";
+}
+
+// ---- device helpers -------------------------------------------------------------------------
+
+TEST(Device, UploadDownloadRoundTripsEveryDtype) {
+  RINGATTN_SKIP_WITHOUT_GPU();
+  const std::vector<float> x = {0.0f, -1.5f, 3.14159265f, 65504.0f, 1e-7f, -1e30f};
+  for (rc::DType dt : {rc::DType::F32, rc::DType::F16, rc::DType::BF16}) {
+    const rc::DeviceBuffer buf = rc::upload(dt, x);
+    EXPECT_EQ(buf.bytes(), x.size() * rc::element_bytes(dt));
+    const std::vector<float> back = rc::download(dt, buf.data(), x.size());
+    for (std::size_t n = 0; n < x.size(); ++n) EXPECT_EQ(back[n], rc::round_to(dt, x[n])) << dtype_name(dt) << " " << n;
+  }
+}
+
+TEST(Device, OutOfMemoryIsAnErrorSayingHowMuch) {
+  RINGATTN_SKIP_WITHOUT_GPU();
+  const std::size_t huge = std::size_t{1} << 50;  // 1 PiB
+  EXPECT_TRUE(ringattn::test::ThrowsError([&] { rc::DeviceBuffer buf(huge); },
+                                          {"CUDA error in cudaMalloc of 1125899906842624 bytes", "out of memory"}));
+  // The failure is not sticky: the next allocation and launch work.
+  rc::DeviceBuffer ok(1024);
+  EXPECT_NE(ok.data(), nullptr);
+  RINGATTN_CUDA_CHECK(cudaGetLastError());
+}
+
+}  // namespace
