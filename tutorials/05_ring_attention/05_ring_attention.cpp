@@ -52,26 +52,7 @@ constexpr std::int64_t S = 16;  // tokens
 constexpr std::int64_t D = 4;   // head dimension
 constexpr double kTol = 1e-12;
 
-// Standard normal numbers from splitmix64 and Box-Muller: the same on every platform, unlike
-// std::normal_distribution, so the printed numbers are reproducible anywhere.
-class Rng {
- public:
-  explicit Rng(std::uint64_t seed) : state_(seed) {}
-  double normal() {
-    const double u1 = (static_cast<double>(next() >> 11) + 0.5) * 0x1.0p-53;
-    const double u2 = static_cast<double>(next() >> 11) * 0x1.0p-53;
-    return std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2);
-  }
-
- private:
-  std::uint64_t next() {
-    std::uint64_t z = (state_ += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-  }
-  std::uint64_t state_;
-};
+using ringattn::tutorial::Rng;
 
 // A (1, S, 1, D) tensor of standard normal numbers.
 Tensor<double> random_tokens(Rng& rng) {

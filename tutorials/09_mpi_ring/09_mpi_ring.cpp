@@ -136,25 +136,7 @@ void stage(Tutorial& t, const std::string& title) {
   }
 }
 
-// Standard normal numbers from splitmix64 and Box-Muller: the same on every rank and platform.
-class Rng {
- public:
-  explicit Rng(std::uint64_t seed) : state_(seed) {}
-  double normal() {
-    const double u1 = (static_cast<double>(next() >> 11) + 0.5) * 0x1.0p-53;
-    const double u2 = static_cast<double>(next() >> 11) * 0x1.0p-53;
-    return std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2);
-  }
-
- private:
-  std::uint64_t next() {
-    std::uint64_t z = (state_ += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-  }
-  std::uint64_t state_;
-};
+using ringattn::tutorial::Rng;
 
 template <class T>
 Tensor<T> random_tensor(std::vector<std::int64_t> shape, std::uint64_t seed) {

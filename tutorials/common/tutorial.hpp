@@ -22,6 +22,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdarg>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -166,6 +167,29 @@ int run(Body&& body) {
     return 1;
   }
 }
+
+/// Standard normal numbers from splitmix64 and Box-Muller: the same on every platform and rank,
+/// unlike std::normal_distribution, so the numbers a tutorial prints are reproducible anywhere.
+class Rng {
+ public:
+  /// A generator whose sequence is fixed by @p seed.
+  explicit Rng(std::uint64_t seed) : state_(seed) {}
+  /// The next standard normal number.
+  double normal() {
+    const double u1 = (static_cast<double>(next() >> 11) + 0.5) * 0x1.0p-53;
+    const double u2 = static_cast<double>(next() >> 11) * 0x1.0p-53;
+    return std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2);
+  }
+
+ private:
+  std::uint64_t next() {
+    std::uint64_t z = (state_ += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+  }
+  std::uint64_t state_;
+};
 
 /// Prints a row vector: "  label  [ a  b  c ]" with `%9.4f`-style cells (fmt is the cell format).
 inline void print_vector(const std::string& label, const std::vector<double>& x,
