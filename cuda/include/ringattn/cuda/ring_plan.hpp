@@ -87,30 +87,37 @@ struct ShiftPart {
 
 /// One operation of one rank on one of its streams (Shift: of every rank, on their Comm streams).
 struct PlanOp {
-  OpKind kind = OpKind::Record;
+  OpKind kind = OpKind::Record;          ///< what it does
   int rank = 0;                          ///< the rank whose stream queues it (Shift: -1, all)
-  PlanStream stream = PlanStream::Compute;
+  PlanStream stream = PlanStream::Compute;  ///< the stream it is queued on
   int step = -1;                         ///< ring step it belongs to (-1: before or after the ring)
   std::string label;                     ///< what it is, for printing and timelines
 
-  // Copy2D / Convert: rows x width (bytes for Copy2D, elements for Convert) with pitches
-  // (bytes for Copy2D, elements for Convert).
-  Region src, dst;
-  std::size_t width = 0, rows = 0, src_pitch = 0, dst_pitch = 0;
-  // Fill / Add: n float32 elements of dst (and src for Add); Fill writes `value`.
-  std::size_t n = 0;
-  float value = 0.0f;
+  Region src;                ///< Copy2D / Convert / Add: the source
+  Region dst;                ///< Copy2D / Convert / Fill / Add: the destination
+  std::size_t width = 0;     ///< Copy2D: bytes per row; Convert: elements per row
+  std::size_t rows = 0;      ///< Copy2D / Convert: number of rows
+  std::size_t src_pitch = 0; ///< Copy2D: bytes between source rows; Convert: elements
+  std::size_t dst_pitch = 0; ///< Copy2D: bytes between destination rows; Convert: elements
+  std::size_t n = 0;         ///< Fill / Add: float32 elements
+  float value = 0.0f;        ///< Fill: the value written
 
-  // Forward / Backward / Merge / Delta operands: regions of contiguous tensors.
-  AttentionShape shape;      ///< B, q rows, k rows, H_q, H_kv, D of this call
-  Positions q_pos, k_pos;    ///< global positions of query and key rows
-  bool causal = false;
-  Region q, k, v;            ///< Input type: (B, rows, H, D)
+  AttentionShape shape;      ///< Forward / Backward / Merge / Delta: B, q rows, k rows, H_q, H_kv, D
+  Positions q_pos;           ///< global positions of the query rows
+  Positions k_pos;           ///< global positions of the key rows
+  bool causal = false;       ///< apply the causal mask over those positions
+  Region q;                  ///< Input type (B, q rows, H_q, D)
+  Region k;                  ///< Input type (B, k rows, H_kv, D)
+  Region v;                  ///< Input type (B, k rows, H_kv, D)
   Region out;                ///< Forward: O_part F32; Delta/Backward: O in Input type
   Region lse;                ///< F32 (B, H_q, rows): Forward writes it, Backward reads it
-  Region dout, delta;        ///< Input type / F32
-  Region dq, dk, dv;         ///< F32, accumulated into
-  Region acc_out, acc_lse;   ///< Merge: the running O and LSE (F32)
+  Region dout;               ///< dO, Input type
+  Region delta;              ///< D = rowsum(dO * O), F32 (B, H_q, rows)
+  Region dq;                 ///< F32, accumulated into
+  Region dk;                 ///< F32, accumulated into
+  Region dv;                 ///< F32, accumulated into
+  Region acc_out;            ///< Merge: the running O (F32)
+  Region acc_lse;            ///< Merge: the running LSE (F32)
 
   int event = -1;            ///< Record / Wait: event index of this rank
   std::vector<std::vector<ShiftPart>> shift;  ///< Shift: shift[r] lists rank r's sends
@@ -120,7 +127,7 @@ struct PlanOp {
 struct Access {
   int rank = 0;      ///< whose stream performs it (a Shift transfer: the receiver)
   Region region;     ///< bytes touched
-  bool write = false;
+  bool write = false;  ///< true for a write, false for a read
 };
 
 /// The whole ring, forward or backward, for every rank.
@@ -129,12 +136,12 @@ struct RingPlan {
   int ranks = 0;                ///< N
   int steps = 0;                ///< N
   AttentionShape shape;         ///< the global shape (S_q, S_kv of the whole sequence)
-  Layout layout = Layout::Contiguous;
-  bool causal = false;
+  Layout layout = Layout::Contiguous;  ///< how the sequence is split
+  bool causal = false;          ///< causal masking
   int input_bytes = 2;          ///< bytes of an Input element (2: bf16/fp16, 4: fp32)
   int output_bytes = 4;         ///< forward: bytes of an element of the caller's O (4 or input_bytes)
   float scale = 1.0f;           ///< softmax scale
-  std::vector<PlanBuffer> buffers;
+  std::vector<PlanBuffer> buffers;  ///< every buffer of every rank
   std::vector<int> events;      ///< events per rank
   std::vector<PlanOp> ops;      ///< in issue order
 
@@ -169,7 +176,8 @@ struct PlanOptions {
 /// One race found by check_hazards: two operations that touch overlapping bytes of a buffer, at
 /// least one writing, with no happens-before order between them.
 struct Hazard {
-  std::size_t first = 0, second = 0;  ///< indices into RingPlan::ops
+  std::size_t first = 0;   ///< index into RingPlan::ops of one operation
+  std::size_t second = 0;  ///< index into RingPlan::ops of the other
   int buffer = -1;                    ///< the buffer
   std::string message;                ///< one line naming both operations
 };
