@@ -17,6 +17,7 @@
 #    machine stays warm (30 s), so a later call rebuilds what it needs:
 #      scripts/gpu-check.sh --skip bench,sdpa,compare                  build, tests, sanitizers
 #      scripts/gpu-check.sh --skip test-gpu,test-host,sanitize --targets bench_attention_cuda
+#      scripts/gpu-check.sh --only build,ring --targets bench_ring_cuda   the ring benchmark alone
 #    On a machine with the Debian packages installed, no folder is needed (the system's are used).
 #
 # Phases, each timed; a failing phase does not stop the ones that do not depend on it, and the
@@ -32,12 +33,17 @@
 #   bench      bench_attention_cuda (every kernel version, checked, then timed)
 #   sdpa       scripts/sdpa_bench.py (PyTorch SDPA: flash and cuDNN backends, same cases)
 #   compare    ringattn vs SDPA ratios and the three judged targets (PASS/MISS)
-# The summary table comes last. Performance targets that MISS are reported, not failures
-# (--strict-perf makes them failures).
+#   ring       bench_ring_cuda: the CUDA ring on this one GPU (virtual ranks N = 1, 2, 4, 8) against
+#              the single kernel, checked first: overhead ring / single (target at N = 4, S >= 64k:
+#              <= 1.10), comm/compute overlap, causal layout imbalance, longest sequence; at most
+#              --ring-cap seconds (default 300, --quick 150; its own default grid takes about 3 min)
+# The summary table comes last, with the judged targets and the ring's key lines under it.
+# Performance targets that MISS are reported, not failures (--strict-perf makes them failures).
 #
 # Output (--out DIR, default $OUT on the device machine, else <build>/gpu-check-out), at most 8
 # files as the device tool returns: summary.txt, console.log, logs.tar.gz (every phase's log, the
-# CTest/GoogleTest XML, env.txt), ringattn_bench.json/.csv, sdpa_bench.json, bench_compare.csv.
+# CTest/GoogleTest XML, env.txt, the ring's Chrome trace ring_trace.json), ringattn_bench.json/.csv,
+# sdpa_bench.json, bench_compare.csv, ring_bench.json.
 #
 # Options:
 #   --prepare            (here) copy the dependencies into --deps DIR (default .gpu-deps)
@@ -52,8 +58,10 @@
 #   --targets LIST       build only these targets (comma-separated; default: everything), e.g.
 #                        bench_attention_cuda for a benchmark-only run with --only
 #   --only LIST / --skip LIST   comma-separated phases
-#   --quick              the benchmarks' short grid (D=128, S=2k and 8k)
-#   --bench-args "..."   extra arguments for bench_attention_cuda (and --sdpa-args for the script)
+#   --quick              the benchmarks' short grid (D=128, S=2k and 8k; the ring: S=64k)
+#   --bench-args "..."   extra arguments for bench_attention_cuda (and --sdpa-args for the script,
+#                        --ring-args for bench_ring_cuda)
+#   --ring-cap S         most seconds the ring phase may take (default 300, with --quick 150)
 #   --full-ctest         test-host runs every test that is not labelled gpu
 #   --sanitize-filter F  gtest filter for compute-sanitizer (default: up to 3 small cases)
 #   --time-limit S       seconds for the whole run (default 570); phases get what is left
@@ -70,7 +78,7 @@ mode=check
 deps="" dep_eigen="" dep_cli11="" dep_json="" dep_benchmark="" dep_gtest=""
 build=$root/build-gpu out=${OUT:-} arch="" jobs=$(nproc) only="" skip=""
 targets="" quick=0 full_ctest=0 san_filter=${RINGATTN_SANITIZE_FILTER:-} time_limit=570 werror=OFF mpi=OFF
-dry=0 strict_perf=0 bench_extra="" sdpa_extra=""
+dry=0 strict_perf=0 bench_extra="" sdpa_extra="" ring_extra="" ring_cap=""
 reserve=15  # seconds kept for the summary
 cap=0       # when > 0: the most seconds one command of run/run_tee may take
 
@@ -95,6 +103,8 @@ while (($#)); do
     --quick) quick=1 ;;
     --bench-args) need "$@"; bench_extra=$2; shift ;;
     --sdpa-args) need "$@"; sdpa_extra=$2; shift ;;
+    --ring-args) need "$@"; ring_extra=$2; shift ;;
+    --ring-cap) need "$@"; ring_cap=$2; shift ;;
     --full-ctest) full_ctest=1 ;;
     --sanitize-filter) need "$@"; san_filter=$2; shift ;;
     --time-limit) need "$@"; time_limit=$2; shift ;;
@@ -215,7 +225,7 @@ finish() {
 }
 
 declare -A status=() took=() note=()
-phase_names=(env deps configure build test-gpu test-host sanitize bench sdpa compare)
+phase_names=(env deps configure build test-gpu test-host sanitize bench sdpa compare ring)
 in_list() { [[ ",$2," == *",$1,"* ]]; }
 wanted() {
   [[ $1 == env ]] && return 0                            # cheap, and the others need its GPU facts
@@ -477,13 +487,18 @@ p_build() {
   # shellcheck disable=SC2206  # the comma-separated list becomes words
   [[ -n $targets ]] && which=(--target ${targets//,/ })
   run "$logs/build.log" cmake --build "$build" -j "$jobs" "${which[@]}" || return 1
-  if ((!have_benchmark)) && { [[ -z $targets ]] || in_list bench_attention_cuda "$targets"; }; then  # bench/ is out of the main build: bench_attention_cuda on its own
+  local -a cuda_bench=()
+  local t
+  for t in bench_attention_cuda bench_ring_cuda; do
+    if [[ -z $targets ]] || in_list "$t" "$targets"; then cuda_bench+=("$t"); fi
+  done
+  if ((!have_benchmark)) && ((${#cuda_bench[@]})); then  # bench/ is out of the main build: the CUDA benchmarks on their own
     local -a gen=()
     [[ ! -f $build/bench-cuda/CMakeCache.txt ]] && command -v ninja >/dev/null && gen=(-G Ninja)
     run "$logs/build.log" cmake -S "$root/bench/cuda" -B "$build/bench-cuda" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release \
       -DCMAKE_CUDA_ARCHITECTURES="$arch" -DRINGATTN_WITH_MPI=OFF -DRINGATTN_WERROR="$werror" \
       "${cmake_dep_args[@]}" || return 1
-    run "$logs/build.log" cmake --build "$build/bench-cuda" -j "$jobs" --target bench_attention_cuda || return 1
+    run "$logs/build.log" cmake --build "$build/bench-cuda" -j "$jobs" --target "${cuda_bench[@]}" || return 1
   fi
   ((dry)) || echo "   $(grep -c -i 'warning' "$logs/build.log" || true) lines with 'warning' in build.log"
 }
@@ -717,6 +732,34 @@ EOF
   esac
 }
 
+# The CUDA ring on one GPU: bench_ring_cuda's rows on the console, its JSON in $out, its Chrome
+# trace in the logs; the lines it starts with "key: " (overhead at N = 4, overlap, layout
+# imbalance, longest sequence, the target's PASS/MISS) go under the summary table.
+p_ring() {
+  ok build || { note[ring]="build failed"; return 3; }
+  local bin; bin=$(find_bin bench_ring_cuda)
+  if ((dry)); then bin=${bin:-$build/bin/bench_ring_cuda}; fi
+  [[ -n $bin ]] || { note[ring]="bench_ring_cuda was not built (no ringattn::cuda target?)"; return 1; }
+  # A run cut after a few rows says little: with under a minute left it is not started.
+  if ((!dry && $(left) - reserve < 60)); then
+    note[ring]="not run: $(left) s left of --time-limit; alone: --only build,ring --targets bench_ring_cuda"
+    return 3
+  fi
+  local -a extra=()
+  ((quick)) && extra+=(--quick)
+  ((strict_perf)) && extra+=(--strict-perf)
+  # shellcheck disable=SC2206  # word splitting of --ring-args is intended
+  [[ -n $ring_extra ]] && extra+=($ring_extra)
+  local rc=0 limit=${ring_cap:-${RINGATTN_RING_CAP:-$((quick ? 150 : 300))}}
+  cap=$limit run_tee "$logs/ring.log" "$bin" --json "$out/ring_bench.json" --trace "$logs/ring_trace.json" "${extra[@]}" || rc=$?
+  ((dry)) && return 0
+  grep '^key: ' "$logs/ring.log" | sed 's/^key: //' >"$logs/ring-keys.txt" || true
+  note[ring]=$(grep -E "^[0-9]+ rows" "$logs/ring.log" | tail -1 || true)
+  note[ring]="$(tail -n 1 "$logs/ring.log")${note[ring]:+, ${note[ring]}}"
+  ((rc == 124 || rc == 137)) && note[ring]="TIMEOUT after ${limit} s (rows so far in ring_bench.json)"
+  return "$((rc != 0))"
+}
+
 summary() {
   local f=$out/summary.txt
   ((dry)) && f=/dev/null
@@ -734,6 +777,10 @@ summary() {
       echo "judged targets (bf16, ratio = speed of ringattn over flash; causal: time ratio):"
       sed 's/^/  /' "$logs/targets.txt"
     fi
+    if [[ -s $logs/ring-keys.txt ]]; then
+      echo "ring (bench_ring_cuda: virtual ranks on this one GPU; overhead = ring time / single-kernel time):"
+      sed 's/^/  /' "$logs/ring-keys.txt"
+    fi
     if ((failed)); then
       echo "RESULT: FAILED ($failed phase(s) failed; logs in $out/logs.tar.gz)"
     else
@@ -746,6 +793,7 @@ summary() {
 if ((!dry)); then
   wanted bench && rm -f "$out/ringattn_bench.json" "$out/ringattn_bench.csv"
   wanted sdpa && rm -f "$out/sdpa_bench.json"
+  wanted ring && rm -f "$out/ring_bench.json" "$logs/ring_trace.json"
 fi
 phase env p_env
 phase deps p_deps
@@ -757,6 +805,7 @@ phase sanitize p_sanitize
 phase bench p_bench
 phase sdpa p_sdpa
 phase compare p_compare
+phase ring p_ring
 pack_logs
 summary
 for p in "${phase_names[@]}"; do

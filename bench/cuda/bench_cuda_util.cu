@@ -1,6 +1,6 @@
-// Device helpers of bench_attention_cuda (bench_cuda_util.hpp says what each does). Grid-stride
-// loops over 64-bit indices: the largest benchmark buffers hold 2^26 elements, and nothing here
-// is timed.
+// Device helpers of the CUDA benchmarks (bench_cuda_util.hpp says what each does). Grid-stride
+// loops over 64-bit indices (bench_ring_cuda's longest-sequence search goes past 2^32 elements),
+// and nothing here is timed.
 #include "bench_cuda_util.hpp"
 
 #include <cuda_bf16.h>
@@ -8,6 +8,7 @@
 #include <cuda_runtime.h>
 
 #include <climits>
+#include <cmath>
 #include <cstring>
 #include <stdexcept>
 #include <string>
@@ -135,6 +136,78 @@ __global__ void compare_kernel(const void* out, int out_elem, const void* ref, i
   }
 }
 
+template <class Word>
+__global__ void gather_rows_kernel(const Word* src, Word* dst, std::int64_t outer, std::int64_t src_seq,
+                                   std::int64_t dst_seq, std::int64_t words, std::int64_t start, std::int64_t stride,
+                                   std::int64_t length, std::int64_t dst_begin) {
+  const std::int64_t n = outer * length * words;
+  const std::int64_t step = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
+  for (std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += step) {
+    const std::int64_t w = i % words;
+    const std::int64_t r = (i / words) % length;
+    const std::int64_t o = i / (words * length);
+    dst[(o * dst_seq + dst_begin + r) * words + w] = src[(o * src_seq + start + r * stride) * words + w];
+  }
+}
+
+constexpr int kOracleWarps = 8;
+constexpr int kOracleMaxDim = 256;
+int oracle_chunks(int runs) { return runs >= 128 ? 1 : 128 / runs; }
+
+// One warp walks every kOracleWarps-th key of its block's chunk with an online softmax in float64
+// (m: running max, l: running sum of exp(s - m), acc: running sum of exp(s - m) v); lane t holds
+// dimensions t, t + 32, ... The partial (m, l, acc) of each warp is merged on the host.
+__global__ void oracle_kernel(const void* q, int elem, int D, double scale, int causal, std::int64_t q_pos,
+                              const KeyRun* runs, int chunks, double* part) {
+  const KeyRun run = runs[blockIdx.y];
+  const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
+  const std::int64_t lo = run.length * blockIdx.x / chunks, hi = run.length * (blockIdx.x + 1) / chunks;
+  double qv[kOracleMaxDim / 32], acc[kOracleMaxDim / 32];
+#pragma unroll
+  for (int t = 0; t < kOracleMaxDim / 32; ++t) {
+    const int d = lane + 32 * t;
+    qv[t] = d < D ? static_cast<double>(load(q, elem, d)) : 0.0;
+    acc[t] = 0.0;
+  }
+  double m = -HUGE_VAL, l = 0.0;
+  for (std::int64_t j = lo + warp; j < hi; j += kOracleWarps) {
+    if (causal != 0 && run.start + j * run.stride > q_pos) continue;  // the same for the whole warp
+    const std::int64_t row = j * run.row_stride;
+    double s = 0.0;
+#pragma unroll
+    for (int t = 0; t < kOracleMaxDim / 32; ++t) {
+      const int d = lane + 32 * t;
+      if (d < D) s += qv[t] * static_cast<double>(load(run.k, elem, row + d));
+    }
+    for (int off = 16; off > 0; off /= 2) s += __shfl_xor_sync(0xFFFFFFFFu, s, off);
+    s *= scale;
+    if (s > m) {  // rescale what was summed around the old max (exp(-inf) = 0 on the first key)
+      const double c = exp(m - s);
+      l *= c;
+#pragma unroll
+      for (int t = 0; t < kOracleMaxDim / 32; ++t) acc[t] *= c;
+      m = s;
+    }
+    const double p = exp(s - m);
+    l += p;
+#pragma unroll
+    for (int t = 0; t < kOracleMaxDim / 32; ++t) {
+      const int d = lane + 32 * t;
+      if (d < D) acc[t] += p * static_cast<double>(load(run.v, elem, row + d));
+    }
+  }
+  double* out = part + ((static_cast<std::int64_t>(blockIdx.y) * chunks + blockIdx.x) * kOracleWarps + warp) * (D + 2);
+  if (lane == 0) {
+    out[0] = m;
+    out[1] = l;
+  }
+#pragma unroll
+  for (int t = 0; t < kOracleMaxDim / 32; ++t) {
+    const int d = lane + 32 * t;
+    if (d < D) out[2 + d] = acc[t];
+  }
+}
+
 }  // namespace
 
 void fill_normal(void* dst, Elem elem, std::int64_t n, std::uint64_t seed, Stream stream) {
@@ -176,6 +249,72 @@ Diff compare(const void* out, Elem out_elem, const void* ref, Elem ref_elem, std
   d.bad_ref = static_cast<std::int64_t>(host.bad_ref);
   d.first_bad_out = host.first_bad_out == ULLONG_MAX ? -1 : static_cast<std::int64_t>(host.first_bad_out);
   return d;
+}
+
+void gather_rows(const void* src, void* dst, std::int64_t outer, std::int64_t src_seq, std::int64_t dst_seq,
+                 std::int64_t row_bytes, std::int64_t start, std::int64_t stride, std::int64_t length,
+                 std::int64_t dst_begin, Stream stream) {
+  if (row_bytes <= 0 || row_bytes % 2 != 0) throw std::runtime_error("bench_cuda_util: gather_rows: odd row size");
+  if (outer <= 0 || length <= 0) return;
+  if (row_bytes % 4 == 0) {
+    const std::int64_t words = row_bytes / 4;
+    gather_rows_kernel<std::uint32_t><<<blocks_for(outer * length * words), kThreads, 0, stream>>>(
+        static_cast<const std::uint32_t*>(src), static_cast<std::uint32_t*>(dst), outer, src_seq, dst_seq, words, start,
+        stride, length, dst_begin);
+  } else {
+    const std::int64_t words = row_bytes / 2;
+    gather_rows_kernel<std::uint16_t><<<blocks_for(outer * length * words), kThreads, 0, stream>>>(
+        static_cast<const std::uint16_t*>(src), static_cast<std::uint16_t*>(dst), outer, src_seq, dst_seq, words, start,
+        stride, length, dst_begin);
+  }
+  check(cudaGetLastError(), "gather_rows launch");
+}
+
+std::size_t oracle_workspace_bytes(int head_dim, int runs) {
+  const std::size_t r = runs < 1 ? 1 : static_cast<std::size_t>(runs);
+  const std::size_t partials = r * static_cast<std::size_t>(oracle_chunks(static_cast<int>(r))) * kOracleWarps;
+  return r * sizeof(KeyRun) + partials * static_cast<std::size_t>(head_dim + 2) * sizeof(double) + 256;
+}
+
+void oracle_row(const void* q, Elem elem, int head_dim, double scale, bool causal, std::int64_t q_pos,
+                const std::vector<KeyRun>& runs, void* workspace, double* out, double* lse, Stream stream) {
+  if (head_dim < 1 || head_dim > kOracleMaxDim) throw std::runtime_error("bench_cuda_util: oracle_row: D must be 1..256");
+  if (runs.empty()) throw std::runtime_error("bench_cuda_util: oracle_row: no key runs");
+  const int nruns = static_cast<int>(runs.size());
+  const int chunks = oracle_chunks(nruns);
+  auto* desc = static_cast<KeyRun*>(workspace);
+  // The partials start on a 256-byte boundary after the run descriptors.
+  const std::size_t desc_bytes = (runs.size() * sizeof(KeyRun) + 255) / 256 * 256;
+  auto* part = reinterpret_cast<double*>(static_cast<unsigned char*>(workspace) + desc_bytes);
+  check(cudaMemcpyAsync(desc, runs.data(), runs.size() * sizeof(KeyRun), cudaMemcpyHostToDevice, stream), "oracle runs");
+  const dim3 grid(static_cast<unsigned>(chunks), static_cast<unsigned>(nruns));
+  oracle_kernel<<<grid, kOracleWarps * 32, 0, stream>>>(q, static_cast<int>(elem), head_dim, scale, causal ? 1 : 0,
+                                                        q_pos, desc, chunks, part);
+  check(cudaGetLastError(), "oracle launch");
+  const std::size_t n = static_cast<std::size_t>(nruns) * static_cast<std::size_t>(chunks) * kOracleWarps;
+  const std::size_t width = static_cast<std::size_t>(head_dim) + 2;
+  std::vector<double> host(n * width);
+  check(cudaMemcpyAsync(host.data(), part, host.size() * sizeof(double), cudaMemcpyDeviceToHost, stream), "oracle result");
+  check(cudaStreamSynchronize(stream), "oracle");
+  double M = -HUGE_VAL;
+  for (std::size_t i = 0; i < n; ++i) {
+    if (host[i * width + 1] > 0 && host[i * width] > M) M = host[i * width];
+  }
+  double L = 0;
+  for (int d = 0; d < head_dim; ++d) out[d] = 0;
+  if (M == -HUGE_VAL) {  // no visible key: O = 0, LSE = -inf
+    *lse = -HUGE_VAL;
+    return;
+  }
+  for (std::size_t i = 0; i < n; ++i) {
+    const double l = host[i * width + 1];
+    if (!(l > 0)) continue;
+    const double c = std::exp(host[i * width] - M);
+    L += l * c;
+    for (int d = 0; d < head_dim; ++d) out[d] += host[i * width + 2 + static_cast<std::size_t>(d)] * c;
+  }
+  for (int d = 0; d < head_dim; ++d) out[d] /= L;
+  *lse = M + std::log(L);
 }
 
 }  // namespace ringattn::bench_cuda
