@@ -11,6 +11,8 @@ using Runner = std::function<int()>;
 
 /// `ringattn attention`: forward (and optionally backward) attention on .npy files.
 Runner add_attention_command(CLI::App& app);
+/// `ringattn compare`: one implementation against float64 attention, OK or FAILED.
+Runner add_compare_command(CLI::App& app);
 /// `ringattn decode`: flash-decoding of a few queries against a K/V cache.
 Runner add_decode_command(CLI::App& app);
 /// `ringattn simulate`: the discrete-event simulator of the ring.

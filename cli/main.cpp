@@ -1,6 +1,9 @@
 // ringattn: Ring Attention, taught, implemented and simulated. One executable, subcommands:
 //   attention  forward (and backward) attention on .npy files, naive | blockwise | ring | mpi-ring
-//              | cuda
+//              | cuda | cuda-ring (virtual ranks on this machine's GPUs; under mpirun one NCCL
+//              rank per process)
+//   compare    one implementation on generated or given inputs against float64 attention (every
+//              element, or sampled rows of long sequences): errors, bounds, OK or FAILED
 //   decode     flash-decoding of a few queries against a long K/V cache (CPU reference or cuda)
 //   simulate   predict a ring attention layer on a cluster (discrete-event simulator)
 //   demo       the reference's paths against naive attention, with errors and timings
@@ -19,6 +22,7 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   app.set_version_flag("--version", "ringattn 0.1.0");
   std::vector<ringattn::cli::Runner> runners = {ringattn::cli::add_attention_command(app),
+                                                ringattn::cli::add_compare_command(app),
                                                 ringattn::cli::add_decode_command(app),
                                                 ringattn::cli::add_simulate_command(app),
                                                 ringattn::cli::add_demo_command(app)};

@@ -3,13 +3,21 @@
 #include <mpi.h>
 
 #include <array>
+#include <cmath>
 #include <cstring>
+#include <functional>
 #include <iostream>
+#include <memory>
 #include <sstream>
 
 #include "cli_io.hpp"
 #include "ringattn/core/error.hpp"
 #include "ringattn/reference/mpi_ring.hpp"
+#if defined(RINGATTN_HAVE_CUDA_BUILD) && defined(RINGATTN_HAVE_NCCL)
+#include "cuda_ring_cmd.hpp"
+#include "ringattn/cuda/attention.hpp"
+#include "ringattn/cuda/nccl_communicator.hpp"
+#endif
 
 namespace ringattn::cli {
 namespace {
@@ -145,18 +153,13 @@ void run_typed(const World& w, const MpiAttentionRequest& a, const std::vector<A
   }
 }
 
-int run(const World& w, const MpiAttentionRequest& a) {
+// Rank 0 reads and checks the inputs (and runs @p extra_checks); its verdict reaches every rank
+// (a CollectiveError on all of them if it found a problem). Returns the dtype and shape of the
+// inputs on every rank: dtype, B, S_q, S_kv, H_q, H_kv, D.
+std::array<std::int64_t, 7> read_on_rank0(const World& w, const MpiAttentionRequest& a, bool cpu_tiles,
+                                          std::vector<AnyTensor>& in, OutputSet& outputs,
+                                          const std::function<void()>& extra_checks = {}) {
   const bool backward = !a.dout.empty();
-  // 1. Every rank parsed its own command line: they must agree.
-  std::ostringstream flags;
-  flags.precision(17);
-  flags << "layout=" << a.layout << " causal=" << a.causal << " scale=" << (a.scale ? std::to_string(*a.scale) : "default")
-        << " block-q=" << a.block_q << " block-kv=" << a.block_kv << " backward=" << backward
-        << " lse=" << !a.lse.empty() << " timeout=" << a.timeout_s;
-  rm::check_agreement(MPI_COMM_WORLD, flags.str(), w.timeout_s);
-  // 2. Rank 0 reads and checks everything; its verdict reaches every rank.
-  std::vector<AnyTensor> in;
-  OutputSet outputs;
   std::array<std::int64_t, 7> header{};  // dtype, B, S_q, S_kv, H_q, H_kv, D
   std::string error;
   if (w.rank == 0) {
@@ -185,9 +188,12 @@ int run(const World& w, const MpiAttentionRequest& a) {
           in[0]);
       ref::AttentionOptions o;
       o.scale = a.scale;
-      o.block_q = a.block_q;
-      o.block_kv = a.block_kv;
+      if (cpu_tiles) {
+        o.block_q = a.block_q;
+        o.block_kv = a.block_kv;
+      }
       ref::check_options(o);
+      if (extra_checks) extra_checks();
       require(a.timeout_s > 0, "--timeout must be positive, got ", a.timeout_s);
       (void)RingSchedule::for_shape(sh, parse_layout(a.layout), w.ranks, a.causal);  // refuse a bad split now
       header = {static_cast<std::int64_t>(dtype_of(in[0])), sh.batch, sh.seq_q, sh.seq_kv, sh.heads_q, sh.heads_kv,
@@ -200,6 +206,22 @@ int run(const World& w, const MpiAttentionRequest& a) {
   MPI_Request req;
   MPI_Ibcast(header.data(), 7, MPI_INT64_T, 0, MPI_COMM_WORLD, &req);
   rm::wait_all(1, &req, w.timeout_s, "shape of the inputs", 0);
+  return header;
+}
+
+int run(const World& w, const MpiAttentionRequest& a) {
+  const bool backward = !a.dout.empty();
+  // 1. Every rank parsed its own command line: they must agree.
+  std::ostringstream flags;
+  flags.precision(17);
+  flags << "layout=" << a.layout << " causal=" << a.causal << " scale=" << (a.scale ? std::to_string(*a.scale) : "default")
+        << " block-q=" << a.block_q << " block-kv=" << a.block_kv << " backward=" << backward
+        << " lse=" << !a.lse.empty() << " timeout=" << a.timeout_s;
+  rm::check_agreement(MPI_COMM_WORLD, flags.str(), w.timeout_s);
+  // 2. Rank 0 reads and checks everything; its verdict reaches every rank.
+  std::vector<AnyTensor> in;
+  OutputSet outputs;
+  const std::array<std::int64_t, 7> header = read_on_rank0(w, a, true, in, outputs);
   const std::array<std::int64_t, 6> dims = {header[1], header[2], header[3], header[4], header[5], header[6]};
   if (static_cast<DType>(header[0]) == DType::Float32) {
     run_typed<float>(w, a, in, dims, &outputs);
@@ -234,5 +256,146 @@ int run_attention_mpi(const MpiAttentionRequest& request) {
     return 1;
   }
 }
+
+#if defined(RINGATTN_HAVE_CUDA_BUILD) && defined(RINGATTN_HAVE_NCCL)
+namespace {
+
+// This process's rank of the CUDA ring: its shards scattered from rank 0, the ring over NCCL, the
+// results gathered to rank 0, which writes them.
+template <class T>
+void run_cuda_ring_typed(const World& w, cuda::Communicator& comm, const CudaRingMpiRequest& a,
+                         const std::vector<AnyTensor>& in, const std::array<std::int64_t, 6>& dims, OutputSet* outputs) {
+  const AttentionShape sh{dims[0], dims[1], dims[2], dims[3], dims[4], dims[5]};
+  const bool backward = !a.dout.empty();
+  const RingSchedule sched = RingSchedule::for_shape(sh, parse_layout(a.layout), w.ranks, a.causal);
+  const auto full = [&](std::size_t i) -> const Tensor<T>* { return w.rank == 0 ? &std::get<Tensor<T>>(in[i]) : nullptr; };
+  const std::vector<std::int64_t> qs = {sh.batch, sh.seq_q, sh.heads_q, sh.head_dim};
+  const std::vector<std::int64_t> ks = {sh.batch, sh.seq_kv, sh.heads_kv, sh.head_dim};
+  std::vector<RingShardInputs<T>> shard(1);
+  shard[0].q = scatter_rows<T>(w, full(0), sched.q_layout(), qs, "Q");
+  shard[0].k = scatter_rows<T>(w, full(1), sched.kv_layout(), ks, "K");
+  shard[0].v = scatter_rows<T>(w, full(2), sched.kv_layout(), ks, "V");
+  if (backward) shard[0].dout = scatter_rows<T>(w, full(3), sched.q_layout(), qs, "dO");
+  CudaRingOptions o;
+  o.dtype = a.dtype;
+  o.kernel = a.kernel;
+  o.causal = a.causal;
+  o.scale = a.scale;
+  o.layout = a.layout;
+  o.ranks = w.ranks;
+  o.timeout_s = a.timeout_s;
+  const std::vector<RingShardOutputs<T>> r = cuda_ring_shards(comm, sh, o, shard);
+  shard.clear();
+  Tensor<T> out_full, lse_full, dq_full, dk_full, dv_full;
+  if (w.rank == 0) {
+    out_full = Tensor<T>(qs);
+    lse_full = Tensor<T>({sh.batch, sh.heads_q, sh.seq_q});
+    if (backward) dq_full = Tensor<T>(qs), dk_full = Tensor<T>(ks), dv_full = Tensor<T>(ks);
+  }
+  gather(w, r[0].out, sched.q_layout(), &out_full, false, "O");
+  gather(w, r[0].lse, sched.q_layout(), &lse_full, true, "LSE");
+  if (backward) {
+    gather(w, r[0].dq, sched.q_layout(), &dq_full, false, "dQ");
+    gather(w, r[0].dk, sched.kv_layout(), &dk_full, false, "dK");
+    gather(w, r[0].dv, sched.kv_layout(), &dv_full, false, "dV");
+  }
+  // Rank 0 writes; whether that worked reaches every rank, so all exit alike.
+  std::string error;
+  if (w.rank == 0) {
+    try {
+      const auto nan_free = [](const Tensor<T>& t, const char* name) {
+        for (std::int64_t n = 0; n < t.size(); ++n) {
+          require(!std::isnan(t[n]), "the CUDA ring returned NaN in ", name, " at flat index ", n,
+                  ": an element it did not write or a numerical fault");
+        }
+      };
+      nan_free(out_full, "O");
+      nan_free(lse_full, "LSE");
+      outputs->stage(a.out, encode_npy(out_full));
+      if (!a.lse.empty()) outputs->stage(a.lse, encode_npy(lse_full));
+      if (backward) {
+        nan_free(dq_full, "dQ");
+        nan_free(dk_full, "dK");
+        nan_free(dv_full, "dV");
+        outputs->stage(a.dq, encode_npy(dq_full));
+        outputs->stage(a.dk, encode_npy(dk_full));
+        outputs->stage(a.dv, encode_npy(dv_full));
+      }
+      outputs->commit();
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
+  }
+  rm::fail_together(MPI_COMM_WORLD, error, w.timeout_s);
+}
+
+void run_cuda_ring(const World& w, const CudaRingMpiRequest& a) {
+  const bool backward = !a.dout.empty();
+  // 1. Every rank parsed its own command line: they must agree.
+  std::ostringstream flags;
+  flags.precision(17);
+  flags << "impl=cuda-ring layout=" << a.layout << " causal=" << a.causal
+        << " scale=" << (a.scale ? std::to_string(*a.scale) : "default") << " dtype=" << a.dtype << " kernel=" << a.kernel
+        << " ranks=" << (a.ranks ? std::to_string(*a.ranks) : "default") << " backward=" << backward
+        << " lse=" << !a.lse.empty() << " timeout=" << a.timeout_s;
+  rm::check_agreement(MPI_COMM_WORLD, flags.str(), w.timeout_s);
+  // 2. Every rank needs a GPU before NCCL starts (a rank without one would leave the others
+  //    waiting in NCCL's initialization).
+  std::string why;
+  const int devices = cuda::device_count(&why);
+  rm::fail_together(MPI_COMM_WORLD, devices > 0 ? std::string() : "no CUDA device: " + why, w.timeout_s);
+  std::unique_ptr<cuda::NcclCommunicator> comm;
+  std::string error;
+  try {
+    comm = cuda::NcclCommunicator::from_mpi();
+  } catch (const std::exception& e) {
+    error = e.what();
+  }
+  rm::fail_together(MPI_COMM_WORLD, error, w.timeout_s);
+  // 3. Rank 0 reads and checks everything; its verdict reaches every rank.
+  std::vector<AnyTensor> in;
+  OutputSet outputs;
+  const std::array<std::int64_t, 7> header = read_on_rank0(w, a, false, in, outputs, [&] {
+    require(!a.ranks || *a.ranks == w.ranks, "--ranks ", a.ranks.value_or(0), " but mpirun started ", w.ranks,
+            " processes: under mpirun each process is one rank of the CUDA ring");
+  });
+  const std::array<std::int64_t, 6> dims = {header[1], header[2], header[3], header[4], header[5], header[6]};
+  // 4. The ring.
+  try {
+    if (static_cast<DType>(header[0]) == DType::Float32) {
+      run_cuda_ring_typed<float>(w, *comm, a, in, dims, &outputs);
+    } else {
+      run_cuda_ring_typed<double>(w, *comm, a, in, dims, &outputs);
+    }
+  } catch (const RingCollectiveError& e) {
+    throw rm::CollectiveError(e.what());  // every rank has it: stop in order
+  }
+}
+
+}  // namespace
+
+int run_attention_cuda_ring_mpi(const CudaRingMpiRequest& request) {
+  int provided = 0;
+  MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided);
+  World w;
+  MPI_Comm_rank(MPI_COMM_WORLD, &w.rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &w.ranks);
+  w.timeout_s = request.timeout_s > 0 ? request.timeout_s : 600;
+  try {
+    run_cuda_ring(w, request);
+    MPI_Finalize();
+    return 0;
+  } catch (const rm::CollectiveError& e) {
+    if (w.rank == 0) std::cerr << "ringattn: error: " << e.what() << "\n";
+    MPI_Finalize();
+    return 1;
+  } catch (const std::exception& e) {
+    // Only this rank knows (a fault inside the ring, a peer that stopped answering): end the job.
+    std::cerr << "ringattn: error: rank " << w.rank << ": " << e.what() << "\n" << std::flush;
+    MPI_Abort(MPI_COMM_WORLD, 1);
+    return 1;
+  }
+}
+#endif
 
 }  // namespace ringattn::cli

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <map>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -11,97 +12,14 @@
 #include <sstream>
 #include <string>
 
+#include "cli_harness.hpp"
 #include "ringattn/core/npy.hpp"
 #include "ringattn/reference/attention.hpp"
 #if RINGATTN_CLI_TEST_HAVE_CUDA
 #include "ringattn/cuda/attention.hpp"
 #endif
 
-namespace fs = std::filesystem;
-using namespace ringattn;
-
 namespace {
-
-struct CliRun {
-  int code = 0;
-  std::string err;
-};
-
-class CliTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    std::string name = std::string(info->test_suite_name()) + "_" + info->name();
-    for (char& c : name) {
-      if (!std::isalnum(static_cast<unsigned char>(c))) c = '_';
-    }
-    dir_ = fs::temp_directory_path() / ("ringattn_cli_" + name + "_" + std::to_string(::getpid()));
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-
-  std::string path(const std::string& f) const { return (dir_ / f).string(); }
-
-  CliRun run(const std::string& args) const {
-    const std::string err = path("stderr.txt");
-    const std::string cmd = std::string(RINGATTN_CLI) + " " + args + " >/dev/null 2>" + err;
-    const int status = std::system(cmd.c_str());
-    CliRun r;
-    r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-    std::ifstream in(err);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    r.err = ss.str();
-    fs::remove(err);
-    return r;
-  }
-
-  template <class T>
-  Tensor<T> random(std::vector<std::int64_t> shape, double mul = 1.0) {
-    Tensor<T> t(std::move(shape));
-    std::normal_distribution<double> n;
-    for (auto& x : t.values()) x = static_cast<T>(mul * n(gen_));
-    return t;
-  }
-
-  // Files in the folder other than the inputs the test wrote.
-  std::vector<std::string> outputs_present(const std::vector<std::string>& inputs) const {
-    std::vector<std::string> out;
-    for (const auto& e : fs::directory_iterator(dir_)) {
-      const std::string n = e.path().filename().string();
-      if (std::find(inputs.begin(), inputs.end(), n) == inputs.end()) out.push_back(n);
-    }
-    return out;
-  }
-
-  fs::path dir_;
-  std::mt19937_64 gen_{std::random_device{}()};
-};
-
-::testing::AssertionResult Near(const Tensor<double>& got, const Tensor<double>& want, double tol) {
-  if (got.shape() != want.shape()) {
-    return ::testing::AssertionFailure() << "shape " << shape_string(got.shape()) << " != "
-                                         << shape_string(want.shape());
-  }
-  for (std::int64_t i = 0; i < got.size(); ++i) {
-    const bool both_inf = std::isinf(got[i]) && got[i] == want[i];
-    if (!both_inf && !(std::abs(got[i] - want[i]) <= tol)) {
-      return ::testing::AssertionFailure() << "element " << i << ": " << got[i] << " vs " << want[i];
-    }
-  }
-  return ::testing::AssertionSuccess();
-}
-
-::testing::AssertionResult OneLineError(const CliRun& r) {
-  if (r.code == 0) return ::testing::AssertionFailure() << "exit code 0, stderr: " << r.err;
-  if (r.code >= 128) return ::testing::AssertionFailure() << "crashed (" << r.code << "): " << r.err;
-  const auto lines = std::count(r.err.begin(), r.err.end(), '\n');
-  if (lines != 1 || r.err.rfind("ringattn: error: ", 0) != 0) {
-    return ::testing::AssertionFailure() << "expected one 'ringattn: error:' line, got: [" << r.err << "]";
-  }
-  return ::testing::AssertionSuccess() << r.err;
-}
 
 // ---- good runs: every impl, layout and rank count against the in-process naive result ----------
 
@@ -294,6 +212,93 @@ TEST_F(CliTest, CudaWithoutGpuIsOneLineError) {
   }
 }
 
+// Without a GPU (or without CUDA in the build) --impl cuda-ring is one clear line, exit 1, no file,
+// for attention and compare; in a CUDA build a split the layout cannot make is refused first (it
+// needs no GPU to say so).
+TEST_F(CliTest, CudaRingWithoutGpuIsOneLineError) {
+#if RINGATTN_CLI_TEST_HAVE_CUDA
+  std::string why;
+  if (ringattn::cuda::device_count(&why) > 0) GTEST_SKIP() << "a CUDA device is visible: cli_gpu_test runs instead";
+  const std::string expect = "no CUDA device: " + why;
+#else
+  const std::string expect = "built without CUDA";
+#endif
+  save_npy(path("q.npy"), random<double>({1, 16, 4, 8}));
+  save_npy(path("k.npy"), random<double>({1, 16, 2, 8}));
+  save_npy(path("v.npy"), random<double>({1, 16, 2, 8}));
+  save_npy(path("do.npy"), random<double>({1, 16, 4, 8}));
+  const std::vector<std::string> inputs = {"q.npy", "k.npy", "v.npy", "do.npy"};
+  const std::string qkv = " --q " + path("q.npy") + " --k " + path("k.npy") + " --v " + path("v.npy");
+  const std::string bwd = " --dout " + path("do.npy") + " --dq " + path("dq.npy") + " --dk " + path("dk.npy") +
+                          " --dv " + path("dv.npy");
+  for (const std::string& args :
+       {"attention --impl cuda-ring --ranks 2 --layout zigzag" + qkv + " --out " + path("o.npy"),
+        "attention --impl cuda-ring --ranks 4 --layout striped --dtype bf16 --kernel tiled --causal" + qkv +
+            " --out " + path("o.npy") + " --lse " + path("lse.npy") + bwd,
+        std::string("compare --impl cuda-ring --ranks 2 --seq 64 --heads 2 --head-dim 16"),
+        "compare --impl cuda-ring --ranks 2 --layout zigzag" + qkv}) {
+    const CliRun r = run(args);
+    EXPECT_EQ(r.code, 1) << args;
+    EXPECT_TRUE(OneLineError(r)) << args;
+    EXPECT_NE(r.err.find(expect), std::string::npos) << "message: " << r.err;
+    EXPECT_EQ(outputs_present(inputs), std::vector<std::string>{}) << args;
+  }
+#if RINGATTN_CLI_TEST_HAVE_CUDA
+  // 16 tokens cannot be cut into 2 x 9 zigzag chunks: the layout's message, before the device.
+  for (const std::string& args : {"attention --impl cuda-ring --ranks 9 --layout zigzag" + qkv + " --out " + path("o.npy"),
+                                  "compare --impl cuda-ring --ranks 9 --layout zigzag" + qkv}) {
+    const CliRun r = run(args);
+    EXPECT_EQ(r.code, 1) << args;
+    EXPECT_TRUE(OneLineError(r)) << args;
+    EXPECT_NE(r.err.find("at least 18 tokens"), std::string::npos) << "message: " << r.err;
+    EXPECT_EQ(outputs_present(inputs), std::vector<std::string>{}) << args;
+  }
+#endif
+}
+
+// `mpirun -np 2 ringattn attention --impl cuda-ring` without a GPU: every rank stops, one line
+// (from rank 0), exit 1, no file; without NCCL in the build it says so.
+TEST_F(CliTest, CudaRingUnderMpirunWithoutGpuIsOneLineError) {
+#if !RINGATTN_CLI_TEST_HAVE_CUDA || !defined(RINGATTN_CLI_TEST_MPIEXEC)
+  GTEST_SKIP() << "needs a build with CUDA and MPI";
+#else
+  std::string why;
+  if (ringattn::cuda::device_count(&why) > 0) GTEST_SKIP() << "a CUDA device is visible";
+#if defined(RINGATTN_HAVE_NCCL) && defined(RINGATTN_HAVE_MPI)
+  const std::string expect = "no CUDA device: " + why;
+#else
+  const std::string expect = "built without";
+#endif
+  save_npy(path("q.npy"), random<double>({1, 16, 4, 8}));
+  save_npy(path("k.npy"), random<double>({1, 16, 2, 8}));
+  save_npy(path("v.npy"), random<double>({1, 16, 2, 8}));
+  const std::vector<std::string> inputs = {"q.npy", "k.npy", "v.npy"};
+  // What every mpirun of the tests needs (the top-level CMakeLists.txt explains each).
+  const std::string env = "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 "
+                          "OMPI_MCA_rmaps_base_oversubscribe=1 OMPI_MCA_btl_vader_single_copy_mechanism=none ";
+  const std::string cmd = env + RINGATTN_CLI_TEST_MPIEXEC + " -np 2 " + RINGATTN_CLI +
+                          " attention --impl cuda-ring --layout zigzag --timeout 60 --q " + path("q.npy") + " --k " +
+                          path("k.npy") + " --v " + path("v.npy") + " --out " + path("o.npy") + " >/dev/null 2>" +
+                          path("err.txt");
+  const int status = std::system(cmd.c_str());
+  std::ifstream in(path("err.txt"));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  fs::remove(path("err.txt"));
+  CliRun r;
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  r.err = ss.str();
+  EXPECT_EQ(r.code, 1);
+  // One line of ours (mpirun adds its own report of the non-zero exit after it).
+  std::istringstream lines(r.err);
+  int ours = 0;
+  for (std::string line; std::getline(lines, line);) ours += line.rfind("ringattn: error: ", 0) == 0;
+  EXPECT_EQ(ours, 1) << r.err;
+  EXPECT_NE(r.err.find(expect), std::string::npos) << "message: " << r.err;
+  EXPECT_EQ(outputs_present(inputs), std::vector<std::string>{});
+#endif
+}
+
 // ---- bad input: one line, non-zero exit, no output file ----------------------------------------
 
 struct BadCase {
@@ -431,6 +436,29 @@ INSTANTIATE_TEST_SUITE_P(
         BadCase{"CudaLayout", "attention --impl cuda --layout zigzag" + kQKV, "only to --impl ring"},
         BadCase{"DecodeDtypeWithoutCuda", "decode --q {d}/q.npy --k {d}/k.npy --v {d}/v.npy --splits 2 --dtype bf16 --out {d}/o.npy", "only to --impl cuda"},
         BadCase{"DecodeUnknownImpl", "decode --impl gpu --q {d}/q.npy --k {d}/k.npy --v {d}/v.npy --splits 2 --out {d}/o.npy", "gpu"},
+        BadCase{"CudaRingBlockSizes", "attention --impl cuda-ring --block-q 8" + kQKV, "--block-q and --block-kv"},
+        BadCase{"TimeoutWithoutMpiOrCudaRing", "attention --impl ring --timeout 5" + kQKV, "mpi-ring and cuda-ring"},
+        BadCase{"CompareMismatchedShapes", "compare --impl naive --q {d}/q.npy --k {d}/k17.npy --v {d}/v.npy", "same shape"},
+        BadCase{"CompareDoutShape", "compare --impl naive --q {d}/q.npy --k {d}/k.npy --v {d}/v.npy --dout {d}/k.npy", "Q's shape"},
+        BadCase{"CompareNaN", "compare --impl naive --q {d}/q.npy --k {d}/knan.npy --v {d}/v.npy", "non-finite"},
+        BadCase{"CompareZigzagTooShort", "compare --impl ring --layout zigzag --ranks 3 --seq 5 --heads 2 --head-dim 8", "at least 6 tokens"},
+        BadCase{"CompareZeroRanks", "compare --impl ring --ranks 0 --seq 8 --heads 2 --head-dim 8", "at least 1 rank"},
+        BadCase{"CompareHeadsNotMultiple", "compare --impl naive --seq 8 --heads 3 --heads-kv 2 --head-dim 8", "multiple of H_kv"},
+        BadCase{"CompareZeroSeq", "compare --impl naive --seq 0 --heads 2 --head-dim 8", "at least 1"},
+        BadCase{"CompareDtypeOnCpu", "compare --impl ring --dtype bf16 --seq 8", "only to --impl cuda"},
+        BadCase{"CompareKernelOnCpu", "compare --impl blockwise --kernel tiled --seq 8", "only to --impl cuda"},
+        BadCase{"CompareLayoutOnNaive", "compare --impl naive --layout zigzag --seq 8", "only to --impl ring"},
+        BadCase{"CompareFilesAndSizes", "compare --impl naive --q {d}/q.npy --k {d}/k.npy --v {d}/v.npy --seq 8", "does not apply"},
+        BadCase{"ComparePartialFiles", "compare --impl naive --q {d}/q.npy --k {d}/k.npy", "all of --q, --k and --v"},
+        BadCase{"CompareDoutWithoutFiles", "compare --impl naive --seq 8 --dout {d}/do.npy", "--dout needs"},
+        BadCase{"CompareFullAndSampled", "compare --impl naive --seq 8 --full --sample-rows 4", "exclude"},
+        BadCase{"CompareZeroSampleRows", "compare --impl naive --seq 8 --sample-rows 0", "--sample-rows"},
+        BadCase{"CompareBadPerturb", "compare --impl naive --seq 8 --perturb x:1", "WHAT"},
+        BadCase{"ComparePerturbRow", "compare --impl naive --seq 8 --heads 2 --head-dim 8 --perturb o:8", "outside"},
+        BadCase{"ComparePerturbNoGrad", "compare --impl naive --seq 8 --heads 2 --head-dim 8 --perturb dq:1", "--backward"},
+        BadCase{"CompareBadLogitScale", "compare --impl naive --seq 8 --logit-scale nan", "--logit-scale"},
+        BadCase{"CompareNoImpl", "compare --seq 8", "--impl"},
+        BadCase{"CompareUnknownImpl", "compare --impl mpi-ring --seq 8", "mpi-ring"},
         BadCase{"NoSubcommand", "", "subcommand"},
         BadCase{"SimUnknownPreset", "simulate --cluster h100 --devices 8 --seq-len 8192 --heads 8 --head-dim 128" + kSimOut, "not a preset"},
         BadCase{"SimMalformedJson", "simulate --cluster {d}/bad.json --devices 8 --seq-len 8192 --heads 8 --head-dim 128" + kSimOut, "bad.json"},
@@ -452,5 +480,134 @@ INSTANTIATE_TEST_SUITE_P(
         BadCase{"SimSvgHugeRing", "simulate --cluster dgx-h100-ib --devices 1024 --block-size 256 --heads 8 --head-dim 128 --svg {d}/o.svg", "200,000"},
         BadCase{"SimUnknownSweep", "simulate --cluster h100-nvlink --devices 8 --seq-len 8192 --sweep heads --heads 8 --head-dim 128 --csv {d}/o.csv", "heads"}),
     [](const ::testing::TestParamInfo<BadCase>& i) { return i.param.name; });
+
+// ---- ringattn compare on the CPU paths -----------------------------------------------------------
+
+// The rows of compare's table: output name -> (max|err|, rel err).
+std::map<std::string, std::pair<double, double>> table(const std::string& out) {
+  std::map<std::string, std::pair<double, double>> t;
+  std::istringstream in(out);
+  for (std::string line; std::getline(in, line);) {
+    std::istringstream ls(line);
+    std::string name, elements, max_err, rel;
+    if (!(ls >> name >> elements >> max_err >> rel)) continue;
+    if (name != "O" && name != "LSE" && name != "dQ" && name != "dK" && name != "dV") continue;
+    t[name] = {std::stod(max_err), std::stod(rel)};
+  }
+  return t;
+}
+
+struct CompareCase {
+  std::string name;
+  std::string args;  // after "compare"
+};
+
+void PrintTo(const CompareCase& c, std::ostream* os) { *os << c.name; }
+
+class ComparePasses : public CliTest, public ::testing::WithParamInterface<CompareCase> {};
+
+// A correct implementation passes: every output line "ok", a final OK, exit 0; fresh seed each run.
+TEST_P(ComparePasses, OkAndExitZero) {
+  const std::string args = "compare " + GetParam().args + " --seed " + std::to_string(gen_() % 1000000);
+  const CliRun r = run(args, true);
+  EXPECT_EQ(r.code, 0) << args << "\n" << r.out << r.err;
+  EXPECT_NE(r.out.find("\nOK\n"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("FAILED"), std::string::npos) << r.out;
+  const auto t = table(r.out);
+  const bool backward = GetParam().args.find("--backward") != std::string::npos;
+  EXPECT_EQ(t.size(), backward ? 5u : 2u) << r.out;
+  const bool sampled = GetParam().args.find("--sample-rows") != std::string::npos;
+  EXPECT_EQ(r.out.find("query rows") != std::string::npos, sampled) << r.out;
+  for (const auto& [name, e] : t) EXPECT_GT(e.first, 0.0) << name << ": a float32 path has some error";
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    CpuPaths, ComparePasses,
+    ::testing::Values(
+        CompareCase{"naive_full", "--impl naive --seq 37 --heads 4 --heads-kv 2 --head-dim 16"},
+        CompareCase{"blockwise_full_causal_bwd", "--impl blockwise --seq 45 --seq-kv 61 --heads 4 --heads-kv 1 --head-dim 8 --causal --backward --block-q 7 --block-kv 11"},
+        CompareCase{"blockwise_full_sq_gt_skv_causal", "--impl blockwise --seq 40 --seq-kv 23 --heads 2 --head-dim 16 --causal --backward --block-q 8 --block-kv 5"},
+        CompareCase{"blockwise_large_logits", "--impl blockwise --batch 2 --seq 33 --heads 2 --head-dim 16 --logit-scale 30 --causal --backward --block-q 8 --block-kv 8"},
+        CompareCase{"ring_zigzag_full_causal_bwd", "--impl ring --layout zigzag --ranks 3 --seq 61 --heads 4 --heads-kv 2 --head-dim 16 --causal --backward --block-q 5 --block-kv 7"},
+        CompareCase{"ring_striped_sampled_causal_bwd", "--impl ring --layout striped --ranks 4 --seq 203 --heads 4 --heads-kv 2 --head-dim 16 --causal --backward --sample-rows 16 --block-q 16 --block-kv 16"},
+        CompareCase{"ring_contiguous_sampled_bwd", "--impl ring --layout contiguous --ranks 3 --batch 2 --seq 151 --heads 2 --head-dim 8 --backward --sample-rows 9"},
+        CompareCase{"ring_zigzag_sampled_fwd", "--impl ring --layout zigzag --ranks 2 --seq 129 --heads 8 --heads-kv 2 --head-dim 32 --causal --sample-rows 12"},
+        CompareCase{"naive_sampled_sq_ne_skv_causal_bwd", "--impl naive --seq 70 --seq-kv 91 --heads 3 --heads-kv 1 --head-dim 16 --causal --backward --sample-rows 10"}),
+    [](const ::testing::TestParamInfo<CompareCase>& i) { return i.param.name; });
+
+// compare on .npy files (float64 files: the CPU paths run them in float32), with and without dO.
+TEST_F(CliTest, CompareOnFiles) {
+  save_npy(path("q.npy"), random<double>({2, 29, 4, 16}));
+  save_npy(path("k.npy"), random<double>({2, 31, 2, 16}));
+  save_npy(path("v.npy"), random<double>({2, 31, 2, 16}));
+  save_npy(path("do.npy"), random<double>({2, 29, 4, 16}));
+  const std::string qkv = " --q " + path("q.npy") + " --k " + path("k.npy") + " --v " + path("v.npy");
+  for (const std::string& extra : {std::string(" --causal"), " --dout " + path("do.npy"),
+                                   std::string(" --backward --sample-rows 5 --causal --seed 7")}) {
+    const CliRun r = run("compare --impl blockwise --block-q 4 --block-kv 8" + qkv + extra, true);
+    EXPECT_EQ(r.code, 0) << extra << "\n" << r.out << r.err;
+    EXPECT_NE(r.out.find("\nOK\n"), std::string::npos) << r.out;
+  }
+}
+
+// A wrong result is caught: one perturbed row of any output (1e-3 relative, or NaN), in full mode
+// and in sampled mode (rows the sampling always includes: first, last, segment boundaries).
+TEST_F(CliTest, CompareCatchesAWrongRow) {
+  // zigzag over 3 ranks of 61 tokens: chunks of 10 or 11 tokens; 30 is the last of chunk 2.
+  const std::string base = "compare --impl ring --layout zigzag --ranks 3 --seq 61 --heads 4 --heads-kv 2 "
+                           "--head-dim 16 --causal --backward --block-q 5 --block-kv 7 --seed " +
+                           std::to_string(gen_() % 1000000);
+  struct Wrong {
+    std::string perturb, output;
+  };
+  for (const std::string mode : {"", " --sample-rows 8"}) {
+    for (const Wrong& w : {Wrong{"o:60", "O"}, Wrong{"o:30", "O"}, Wrong{"lse:0:1e-3", "LSE"}, Wrong{"lse:60", "LSE"},
+                           Wrong{"dq:60", "dQ"}, Wrong{"dk:0", "dK"}, Wrong{"dk:30", "dK"}, Wrong{"dv:60", "dV"},
+                           Wrong{"dv:0:nan", "dV"}, Wrong{"o:all:nan", "O"}, Wrong{"dq:all:1e-4", "dQ"}}) {
+      const std::string args = base + mode + " --perturb " + w.perturb;
+      const CliRun r = run(args, true);
+      EXPECT_EQ(r.code, 1) << args << "\n" << r.out << r.err;
+      EXPECT_NE(r.out.find("\nFAILED\n"), std::string::npos) << args << "\n" << r.out;
+      // The perturbed output's line says FAILED and a line names the first bad element.
+      bool named = false;
+      std::istringstream in(r.out);
+      for (std::string line; std::getline(in, line);) {
+        if (line.rfind(w.output + " ", 0) == 0) {
+          EXPECT_NE(line.find("FAILED"), std::string::npos) << line;
+        }
+        if (line.rfind(w.output + ": ", 0) == 0) named = true;
+      }
+      EXPECT_TRUE(named) << args << "\n" << r.out;
+    }
+  }
+}
+
+// Sampled mode agrees with full mode: checking every row through the sampled path gives the same
+// errors for O, LSE and dQ (two independent float64 references of the same result); with fewer
+// rows the errors are those of a subset; dK/dV (checked given the implementation's LSE/O) agree
+// within float32 rounding of the reference.
+TEST_F(CliTest, CompareSampledAgreesWithFull) {
+  const std::string base = "compare --impl ring --layout striped --ranks 3 --seq 47 --seq-kv 53 --heads 4 --heads-kv 2 "
+                           "--head-dim 16 --causal --backward --block-q 8 --block-kv 8 --seed " +
+                           std::to_string(gen_() % 1000000);
+  const CliRun full = run(base + " --full", true), all = run(base + " --sample-rows 1000", true),
+               some = run(base + " --sample-rows 6", true);
+  ASSERT_EQ(full.code, 0) << full.out << full.err;
+  ASSERT_EQ(all.code, 0) << all.out << all.err;
+  ASSERT_EQ(some.code, 0) << some.out << some.err;
+  const auto f = table(full.out), a = table(all.out), s = table(some.out);
+  ASSERT_EQ(f.size(), 5u) << full.out;
+  ASSERT_EQ(a.size(), 5u) << all.out;
+  ASSERT_EQ(s.size(), 5u) << some.out;
+  for (const char* name : {"O", "LSE", "dQ"}) {
+    EXPECT_NEAR(a.at(name).first, f.at(name).first, 0.01 * f.at(name).first) << name;
+    EXPECT_NEAR(a.at(name).second, f.at(name).second, 0.01 * f.at(name).second) << name;
+    EXPECT_LE(s.at(name).first, f.at(name).first * 1.01) << name;
+  }
+  for (const char* name : {"dK", "dV"}) {
+    EXPECT_NEAR(a.at(name).first, f.at(name).first, 0.5 * f.at(name).first + 1e-7) << name;
+    EXPECT_LE(s.at(name).first, f.at(name).first * 1.5 + 1e-7) << name;
+  }
+}
 
 }  // namespace

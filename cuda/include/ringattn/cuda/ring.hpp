@@ -43,8 +43,8 @@ struct RingConfig {
   DType dtype = DType::BF16;            ///< of Q, K, V (and O, dO in the backward)
   DType out_dtype = DType::F32;         ///< of the forward's O: F32 or dtype
   Kernel kernel = Kernel::Auto;         ///< forward kernel version (the backward uses Auto)
-  /// Seconds synchronize() waits for the ring before it gives up, aborts the communicator and
-  /// throws (a peer that never answers). 0: wait forever.
+  /// Seconds forward() / backward() wait for the ring before they give up, abort the communicator
+  /// and throw (a peer that never answers). 0: wait forever.
   double timeout_s = 600.0;
   /// Record CUDA events around every kernel and transfer, for timeline().
   bool timing = false;
@@ -67,9 +67,9 @@ struct BackwardShard {
   const void* out = nullptr;   ///< the forward's O, (B, S_r, H_q, D), dtype
   const void* dout = nullptr;  ///< dO, (B, S_r, H_q, D), dtype
   const float* lse = nullptr;  ///< the forward's final LSE, (B, H_q, S_r)
-  float* dq = nullptr;         ///< (B, S_r, H_q, D)
-  float* dk = nullptr;         ///< (B, S_r, H_kv, D)
-  float* dv = nullptr;         ///< (B, S_r, H_kv, D)
+  float* dq = nullptr;         ///< (B, S_r, H_q, D), overwritten
+  float* dk = nullptr;         ///< (B, S_r, H_kv, D), overwritten
+  float* dv = nullptr;         ///< (B, S_r, H_kv, D), overwritten
 };
 
 /// One timed span of a rank (milliseconds from the start of the run).
@@ -94,9 +94,13 @@ class RingAttention {
   RingAttention& operator=(const RingAttention&) = delete;  ///< owns streams and buffers
 
   /// Queues the forward for every local rank (one shard per entry of local_ranks()) and waits
-  /// for it (see synchronize()). Every rank of every process must call it.
+  /// for it. Every rank of every process must call it. Bad shards and failed allocations on any
+  /// rank fail every rank (Communicator::agree, message "rank R: ...") before anything is
+  /// queued; a failure after that aborts the communicator so that peers fail too; no progress
+  /// within config.timeout_s aborts and throws. Work queued on the legacy default stream before
+  /// the call finishes first.
   void forward(std::span<const ForwardShard> shards);
-  /// Queues the backward for every local rank and waits for it.
+  /// Queues the backward for every local rank and waits for it (failures as in forward()).
   void backward(std::span<const BackwardShard> shards);
 
   /// The schedule the ring follows.
