@@ -129,6 +129,12 @@ bool tensor_core_supports(const FwdLaunch& a, std::string* why) {
   return forward_tensor_core_supports(a, why ? why : &ignored);
 }
 void tensor_core_launch(const FwdLaunch& a, cudaStream_t stream) { forward_tensor_core(a, stream); }
+// The tensor-core backward (backward_tc.cu) is built with the forward, under the same switch.
+bool tensor_core_backward_supports(const BwdLaunch& a, std::string* why) {
+  std::string ignored;
+  return backward_tensor_core_supports(a, why ? why : &ignored);
+}
+void tensor_core_backward_launch(const BwdLaunch& a, cudaStream_t stream) { backward_tensor_core(a, stream); }
 #else
 constexpr bool kTensorCoreBuilt = false;
 bool tensor_core_supports(const FwdLaunch&, std::string* why) {
@@ -137,6 +143,13 @@ bool tensor_core_supports(const FwdLaunch&, std::string* why) {
 }
 void tensor_core_launch(const FwdLaunch&, cudaStream_t) {
   fail("forward: the tensor-core kernel is not built yet (forward_tc.cu is not wired into cuda/CMakeLists.txt)");
+}
+bool tensor_core_backward_supports(const BwdLaunch&, std::string* why) {
+  if (why) *why = "the tensor-core backward is not built (backward_tc.cu is not wired into cuda/CMakeLists.txt)";
+  return false;
+}
+void tensor_core_backward_launch(const BwdLaunch&, cudaStream_t) {
+  fail("backward: the tensor-core backward is not built (backward_tc.cu is not wired into cuda/CMakeLists.txt)");
 }
 #endif
 
@@ -303,6 +316,42 @@ Kernel choose_forward_kernel(const FwdLaunch& a, Kernel requested) {
   fail("forward: ", why);
 }
 
+bool backward_kernel_supports(const BwdLaunch& a, Kernel kernel, std::string* why) {
+  auto no = [why](const std::string& reason) {
+    if (why) *why = reason;
+    return false;
+  };
+  const std::string d = std::to_string(a.head_dim);
+  switch (kernel) {
+    case Kernel::Simple:
+      if (a.head_dim > kMaxHeadDim) return no("the simple backward takes D <= 256, got D=" + d);
+      return true;
+    case Kernel::Tiled:
+      return no("the tiled kernel has no backward; the simple and tensor-core ones do (Kernel::Simple, "
+                "Kernel::TensorCore or Kernel::Auto)");
+    case Kernel::TensorCore: return tensor_core_backward_supports(a, why);
+    case Kernel::Auto:
+      for (Kernel k : {Kernel::TensorCore, Kernel::Simple}) {
+        if (backward_kernel_supports(a, k, nullptr)) return true;
+      }
+      return no("no backward kernel runs D=" + d + ": the simple backward takes D <= 256");
+  }
+  return no("unknown kernel (" + std::to_string(static_cast<int>(kernel)) + ")");
+}
+
+Kernel choose_backward_kernel(const BwdLaunch& a, Kernel requested) {
+  std::string why;
+  if (requested != Kernel::Auto) {
+    require(backward_kernel_supports(a, requested, &why), "backward: ", why);
+    return requested;
+  }
+  for (Kernel k : {Kernel::TensorCore, Kernel::Simple}) {
+    if (backward_kernel_supports(a, k, nullptr)) return k;
+  }
+  (void)backward_kernel_supports(a, Kernel::Auto, &why);
+  fail("backward: ", why);
+}
+
 // ---- 3. launch shapes -------------------------------------------------------------------------
 
 int head_dim_bucket(std::int64_t head_dim) {
@@ -385,11 +434,13 @@ void forward(const ForwardArgs& args, Kernel kernel, ringattn_cuda_stream_t stre
 
 void backward(const BackwardArgs& args, Kernel kernel, ringattn_cuda_stream_t stream) {
   const detail::BwdLaunch a = detail::resolve_backward(args);
-  require(kernel == Kernel::Auto || kernel == Kernel::Simple, "backward: the ", to_string(kernel),
-          " kernel has no backward yet; the simple one does (Kernel::Simple or Kernel::Auto)");
-  require(a.head_dim <= detail::kMaxHeadDim, "backward: the simple backward takes D <= ", detail::kMaxHeadDim,
-          ", got D=", a.head_dim);
-  detail::launch_backward_simple(a, stream);
+  switch (detail::choose_backward_kernel(a, kernel)) {
+    case Kernel::Simple: detail::launch_backward_simple(a, stream); return;
+    case Kernel::TensorCore: detail::tensor_core_backward_launch(a, stream); return;
+    case Kernel::Tiled:
+    case Kernel::Auto: break;  // choose_backward_kernel returns neither
+  }
+  fail("backward: no kernel chosen");
 }
 
 void merge(float* out_acc, float* lse_acc, const float* out_part, const float* lse_part, std::int64_t batch,

@@ -50,4 +50,14 @@ bool forward_tensor_core_supports(const FwdLaunch& a, std::string* why);
 /// Launches the tensor-core forward on @p stream (arguments already validated and supported).
 void forward_tensor_core(const FwdLaunch& a, cudaStream_t stream);
 
+// The tensor-core backward (backward_tc.cu): bf16/fp16 inputs, fp32 gradients, D = 64 or 128.
+/// Whether the tensor-core backward supports @p a; if not, @p why says why. The argument checks
+/// come first, the device query (compute capability, shared memory) last.
+bool backward_tensor_core_supports(const BwdLaunch& a, std::string* why);
+/// Shared memory per block of the tensor-core backward for @p head_dim (64 or 128; else 0).
+int backward_tensor_core_smem_bytes(std::int64_t head_dim);
+/// Launches the tensor-core backward on @p stream: the D pre-pass (if asked), dQ zeroed (unless
+/// accumulate), then the main kernel (arguments already validated and supported).
+void backward_tensor_core(const BwdLaunch& a, cudaStream_t stream);
+
 }  // namespace ringattn::cuda::detail

@@ -1,5 +1,6 @@
 // The tile math of the tensor-core forward (forward_tc.cu), written once for the GPU and for a
-// CPU emulation of a warp (tests/cuda/mma_emulation_test.cpp).
+// CPU emulation of a warp (tests/cuda/mma_emulation_test.cpp). The matrix products themselves are
+// tc_warp_ops.hpp's, shared with the backward (backward_tc_tile.hpp).
 //
 // What this file is for: the kernel is a CTA-level pipeline (cp.async loads, barriers) around
 // a warp-level program: S = Q K^T on tensor cores, the mask, the online softmax, O += P V, and
@@ -30,6 +31,7 @@
 #include <cstdint>
 
 #include "mma_fragments.hpp"
+#include "tc_warp_ops.hpp"
 #include "tile_math.hpp"
 
 namespace ringattn::cuda::detail::tc {
@@ -139,11 +141,7 @@ RINGATTN_HOST_DEVICE void warp_begin(W& w, WarpState<W, D>& st, const std::uint1
   const I lane = w.lane();
   // Rows 16 warp + (lane % 16), chunks 2 kk + lane / 16: A registers 0..3 (mma_fragments.hpp).
   RINGATTN_UNROLL
-  for (int kk = 0; kk < D / 16; ++kk) {
-    w.ldsm_x4(st.q[kk], sQ,
-              mma::tile_offset<D>(I(16 * warp) + mma::ldsm_a_row(lane),
-                                  I(2 * kk) + mma::ldsm_a_chunk(lane)));
-  }
+  for (int kk = 0; kk < D / 16; ++kk) ldsm_a<D>(w, st.q[kk], sQ, 16 * warp, kk);
   RINGATTN_UNROLL
   for (int r = 0; r < 2; ++r) {
     st.m[r] = F(-INFINITY);
@@ -162,26 +160,15 @@ RINGATTN_HOST_DEVICE void warp_begin(W& w, WarpState<W, D>& st, const std::uint1
 template <class W, int D>
 RINGATTN_HOST_DEVICE void warp_scores(W& w, const WarpState<W, D>& st, const std::uint16_t* sK,
                                       typename W::F (&s)[kBc / 8][4]) {
-  using I = typename W::I;
-  const I lane = w.lane();
-  RINGATTN_UNROLL
-  for (int n = 0; n < kBc / 8; ++n) {
-    RINGATTN_UNROLL
-    for (int i = 0; i < 4; ++i) s[n][i] = typename W::F(0.0f);
-  }
-  RINGATTN_UNROLL
-  for (int kk = 0; kk < D / 16; ++kk) {
-    RINGATTN_UNROLL
-    for (int np = 0; np < kBc / 16; ++np) {
-      // Keys 16 np .. 16 np + 15 (two n8 tiles), head dims 16 kk .. 16 kk + 15.
-      typename W::U b[4];
-      w.ldsm_x4(b, sK,
-                mma::tile_offset<D>(I(16 * np) + mma::ldsm_bt_row(lane),
-                                    I(2 * kk) + mma::ldsm_bt_chunk(lane)));
-      w.mma(s[2 * np], st.q[kk], b[0], b[1]);
-      w.mma(s[2 * np + 1], st.q[kk], b[2], b[3]);
-    }
-  }
+  zero_c<kBc, W>(s);
+  // K stored [key][dim] is B^T: keys are the n columns of S (tc_warp_ops.hpp).
+  warp_mma_abt<D, kBc>(
+      w, s,
+      [&](int kk, typename W::U(&a)[4]) {
+        RINGATTN_UNROLL
+        for (int r = 0; r < 4; ++r) a[r] = st.q[kk][r];
+      },
+      sK);
 }
 
 /// The online softmax of tile j (Alg. 1, lines 9-10) on S in place: scales to log2 units, masks
@@ -243,28 +230,9 @@ RINGATTN_HOST_DEVICE void warp_softmax(W& w, WarpState<W, D>& st, typename W::F 
 template <class W, int D>
 RINGATTN_HOST_DEVICE void warp_pv(W& w, WarpState<W, D>& st, const typename W::F (&p)[kBc / 8][4],
                                   const std::uint16_t* sV) {
-  using I = typename W::I;
-  const I lane = w.lane();
-  RINGATTN_UNROLL
-  for (int kk = 0; kk < kBc / 16; ++kk) {
-    typename W::U a[4];
-    RINGATTN_UNROLL
-    for (int r = 0; r < 4; ++r) {
-      const int n = 2 * kk + mma::c_to_a_tile(r);
-      const int e = mma::c_to_a_elem(r);
-      a[r] = w.pack2(p[n][e], p[n][e + 1]);
-    }
-    RINGATTN_UNROLL
-    for (int np = 0; np < D / 16; ++np) {
-      // Keys 16 kk .. 16 kk + 15, head dims 16 np .. 16 np + 15 (two n8 tiles of O).
-      typename W::U b[4];
-      w.ldsm_x4_trans(b, sV,
-                      mma::tile_offset<D>(I(16 * kk) + mma::ldsm_b_trans_row(lane),
-                                          I(2 * np) + mma::ldsm_b_trans_chunk(lane)));
-      w.mma(st.o[2 * np], a, b[0], b[1]);
-      w.mma(st.o[2 * np + 1], a, b[2], b[3]);
-    }
-  }
+  // V stored [key][dim] is B: keys are the k dimension of P V (tc_warp_ops.hpp).
+  warp_mma_ab<kBc, D>(
+      w, st.o, [&](int kk, typename W::U(&a)[4]) { pack_c_as_a<kBc>(w, p, kk, a); }, sV);
 }
 
 /// The epilogue (Alg. 1, lines 12-13): l summed over the quad, O /= l, LSE = m ln 2 + ln l

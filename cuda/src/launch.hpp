@@ -5,7 +5,9 @@
 //                           (FwdLaunch / BwdLaunch, detail.hpp). No CUDA call happens here, so
 //                           tests/cuda/cuda_host_test.cpp runs all of it on a machine without GPU.
 //   2. choose the kernel    kernel_supports / choose_forward_kernel (Auto -> TensorCore when it is
-//                           built and supports the call, else Tiled, else Simple).
+//                           built and supports the call, else Tiled, else Simple);
+//                           backward_kernel_supports / choose_backward_kernel (Auto -> TensorCore,
+//                           else Simple).
 //   3. launch shape         *_launch / *_config: grid and block sizes, pure arithmetic, tested
 //                           on the CPU as well.
 //   4. launch               launch_* in the .cu files: pick the template instance (dtype, head-dim
@@ -53,6 +55,12 @@ bool kernel_supports(const FwdLaunch& a, Kernel kernel, std::string* why);
 /// The version that runs @p a: @p requested itself if it supports the call (else ringattn::Error
 /// saying why), or for Auto the fastest that does: TensorCore, Tiled, Simple.
 Kernel choose_forward_kernel(const FwdLaunch& a, Kernel requested);
+/// Whether backward version @p kernel runs the resolved call @p a (Simple: D <= 256; TensorCore:
+/// backward_tensor_core_supports; Tiled: never; Auto: either); if not, @p why says why.
+bool backward_kernel_supports(const BwdLaunch& a, Kernel kernel, std::string* why);
+/// The backward version that runs @p a: @p requested itself if it supports the call (else
+/// ringattn::Error saying why), or for Auto TensorCore where it supports the call, else Simple.
+Kernel choose_backward_kernel(const BwdLaunch& a, Kernel requested);
 
 // ---- 3. launch shapes (pure arithmetic) --------------------------------------------------------
 

@@ -1,6 +1,7 @@
 // Which element of which matrix each lane of a warp holds, for the tensor-core instructions the
-// forward kernel uses (forward_tc.cu): mma.sync.m16n8k16 (bf16/fp16 in, fp32 accumulate) and
-// ldmatrix.m8n8.x4{.trans}.b16, plus the XOR swizzle of the shared-memory tiles they read.
+// forward and backward kernels use (forward_tc.cu, backward_tc.cu): mma.sync.m16n8k16 (bf16/fp16
+// in, fp32 accumulate) and ldmatrix.m8n8.x4{.trans}.b16, plus the XOR swizzle of the shared-memory
+// tiles they read.
 //
 // What this file is for: the index math of a tensor-core kernel is where its bugs live, and a
 // GPU only shows them as wrong numbers. Here it is plain constexpr integer arithmetic that
@@ -140,6 +141,17 @@ RINGATTN_HOST_DEVICE constexpr I ldsm_b_trans_row(I lane) { return lane & 15; }
 template <class I>
 RINGATTN_HOST_DEVICE constexpr I ldsm_b_trans_chunk(I lane) { return lane >> 4; }
 
+/// A operand of a 16x16 block (m x k) from a matrix stored transposed, [k][m] (the backward's
+/// dS^T tile, read as dS for dQ = dS K): .trans, matrix q feeds A register q, i.e. the quarter
+/// m + 8 (q & 1), k + 8 (q >> 1) (a_coord). Its stored rows are k, so lane 8q + r addresses stored
+/// row k = r + 8 (q >> 1) in m-chunk q & 1; with .trans lane i receives stored rows 2(i%4),
+/// 2(i%4)+1 of column i/4 = (k, m) of a_{2r}, a_{2r+1}. (The same address pattern as ldsm_bt_*:
+/// both read two 8-wide column blocks of 16 stored rows; tests/cuda checks each on its own.)
+template <class I>
+RINGATTN_HOST_DEVICE constexpr I ldsm_a_trans_row(I lane) { return (lane & 7) + ((lane >> 4) << 3); }
+template <class I>
+RINGATTN_HOST_DEVICE constexpr I ldsm_a_trans_chunk(I lane) { return (lane >> 3) & 1; }
+
 // ---- shared-memory tile layout: 16-byte chunks XOR-swizzled by row ---------------------------
 //
 // A tile row of D 16-bit elements is D/8 chunks of 16 bytes; D = 64 or 128 makes the row 128 or
@@ -158,6 +170,17 @@ template <int D, class I>
 RINGATTN_HOST_DEVICE constexpr I tile_offset(I row, I chunk) {
   static_assert(D % 64 == 0, "rows must span a multiple of 8 chunks of 16 bytes");
   return row * D + swizzle_chunk(row, chunk) * 8;
+}
+
+/// tile_offset<D>(R + r, C + c) split into a per-lane part and a per-use constant: for R a
+/// multiple of 8, C even and c in {0, 1} (or C any chunk and c = 0), (C + c) ^ (r % 8) =
+/// C ^ (c ^ (r % 8)) and the chunk bits of r D are zero, so the offset is
+/// R D + (tile_offset<D>(r, c) ^ 8 C). A kernel keeps one register per lane pattern
+/// @p lane_part = tile_offset<D>(r, c) and spends one XOR per ldmatrix, instead of keeping a
+/// register for every (R, C) of an unrolled loop live (tests/cuda checks the identity).
+template <int D, class I>
+RINGATTN_HOST_DEVICE constexpr I tile_offset_at(I lane_part, int R, int C) {
+  return I(R * D) + (lane_part ^ I(8 * C));
 }
 
 /// The 16-byte bank group (0..7) of a shared-memory byte address: 32 banks x 4 bytes = 128

@@ -441,8 +441,14 @@ TEST(BackwardRejects, EachBadArgumentBeforeAnyCudaCall) {
     cases[n].edit(a);
     EXPECT_TRUE(ThrowsError([&] { rc::backward(a); }, cases[n].expect)) << "case " << n;
   }
-  EXPECT_TRUE(ThrowsError([] { rc::backward(good_backward(), K::Tiled); }, {"tiled kernel has no backward yet"}));
-  EXPECT_TRUE(ThrowsError([] { rc::backward(good_backward(), K::TensorCore); }, {"tensor-core kernel has no backward"}));
+  EXPECT_TRUE(ThrowsError([] { rc::backward(good_backward(), K::Tiled); }, {"backward: the tiled kernel has no backward"}));
+  // The tensor-core backward refuses what it does not take before it asks the device anything.
+  EXPECT_TRUE(ThrowsError([] { rc::backward(good_backward(96), K::TensorCore); },
+                          {"backward: tensor-core backward: supports head dims 64 and 128, not 96"}));
+  rc::BackwardArgs f32 = good_backward();
+  f32.dtype = rc::DType::F32;
+  EXPECT_TRUE(ThrowsError([&] { rc::backward(f32, K::TensorCore); }, {"takes bf16 or fp16 inputs, not fp32"}));
+  EXPECT_TRUE(ThrowsError([] { rc::backward(good_backward(), static_cast<K>(9)); }, {"unknown kernel (9)"}));
   // O is needed only to compute D: with compute_delta off it may be null.
   rc::BackwardArgs a = good_backward();
   a.out = nullptr;
@@ -558,6 +564,71 @@ TEST(KernelChoice, AutoPicksTheFastestThatSupportsTheCall) {
   EXPECT_EQ(rd::choose_forward_kernel(rd::resolve_forward(mis), K::Auto), K::Simple);
   EXPECT_TRUE(ThrowsError([&] { (void)rd::choose_forward_kernel(rd::resolve_forward(good_forward(300)), K::Auto); },
                           {"forward: no kernel runs D=300"}));
+}
+
+// The backward's choice: Auto takes the tensor-core kernel where it supports the call (bf16/fp16,
+// D = 64 or 128, aligned buffers, a device that runs it), else the simple one; the tensor-core
+// kernel's refusals name the reason, and the argument checks come before the device query, so
+// each reason below shows on any machine.
+TEST(BackwardKernelChoice, AutoPicksTensorCoresWhereSupportedElseSimple) {
+  auto tc_why = [](const rc::BackwardArgs& args) {
+    std::string why;
+    EXPECT_FALSE(rd::backward_tensor_core_supports(rd::resolve_backward(args), &why));
+    EXPECT_TRUE(ringattn::test::OneLine(why));
+    return why;
+  };
+  const rd::BwdLaunch a = rd::resolve_backward(good_backward(64));
+  const K fast = rd::backward_kernel_supports(a, K::TensorCore, nullptr) ? K::TensorCore : K::Simple;
+  EXPECT_EQ(rd::choose_backward_kernel(a, K::Auto), fast);
+  EXPECT_EQ(rd::choose_backward_kernel(a, K::Simple), K::Simple);
+  EXPECT_EQ(rd::choose_backward_kernel(rd::resolve_backward(good_backward(128)), K::Auto),
+            rd::backward_kernel_supports(rd::resolve_backward(good_backward(128)), K::TensorCore, nullptr) ? K::TensorCore
+                                                                                                       : K::Simple);
+  std::string why;
+  if (fast == K::Simple) {  // no usable device here: the reason is the device query
+    EXPECT_FALSE(rd::backward_kernel_supports(a, K::TensorCore, &why));
+    EXPECT_NE(why.find("tensor-core backward"), std::string::npos) << why;
+    EXPECT_TRUE(ThrowsError([&] { (void)rd::choose_backward_kernel(a, K::TensorCore); }, {"backward: tensor-core backward"}));
+  }
+
+  rc::BackwardArgs b = good_backward(96);
+  EXPECT_EQ(rd::choose_backward_kernel(rd::resolve_backward(b), K::Auto), K::Simple);
+  EXPECT_NE(tc_why(b).find("supports head dims 64 and 128, not 96"), std::string::npos);
+  b = good_backward();
+  b.dtype = rc::DType::F16;
+  b.shape.head_dim = 32;
+  EXPECT_EQ(rd::choose_backward_kernel(rd::resolve_backward(b), K::Auto), K::Simple);
+  b = good_backward();
+  b.dtype = rc::DType::F32;
+  EXPECT_EQ(rd::choose_backward_kernel(rd::resolve_backward(b), K::Auto), K::Simple);  // no fp32 tensor cores
+  EXPECT_NE(tc_why(b).find("takes bf16 or fp16 inputs, not fp32"), std::string::npos);
+  b = good_backward();
+  b.dout = static_cast<const char*>(b.dout) + 8;  // element-aligned, not 16-byte aligned
+  EXPECT_EQ(rd::choose_backward_kernel(rd::resolve_backward(b), K::Auto), K::Simple);
+  EXPECT_NE(tc_why(b).find("16-byte aligned"), std::string::npos);
+  b = good_backward();
+  b.out = static_cast<const char*>(b.out) + 2;  // O is read (for D) only with compute_delta
+  EXPECT_NE(tc_why(b).find("16-byte aligned"), std::string::npos);
+  b.compute_delta = false;
+  why.clear();
+  (void)rd::backward_tensor_core_supports(rd::resolve_backward(b), &why);
+  EXPECT_EQ(why.find("aligned"), std::string::npos) << why;
+  b = good_backward();
+  b.dk = reinterpret_cast<float*>(reinterpret_cast<char*>(b.dk) + 4);  // float-aligned, not 8-byte
+  EXPECT_EQ(rd::choose_backward_kernel(rd::resolve_backward(b), K::Auto), K::Simple);
+  EXPECT_NE(tc_why(b).find("dK and dV must be 8-byte aligned"), std::string::npos);
+
+  EXPECT_TRUE(ThrowsError([&] { (void)rd::choose_backward_kernel(a, K::Tiled); }, {"tiled kernel has no backward"}));
+  EXPECT_TRUE(ThrowsError([] { (void)rd::choose_backward_kernel(rd::resolve_backward(good_backward(300)), K::Auto); },
+                          {"backward: no backward kernel runs D=300", "simple backward takes D <= 256"}));
+  EXPECT_TRUE(ThrowsError([] { (void)rd::choose_backward_kernel(rd::resolve_backward(good_backward(300)), K::Simple); },
+                          {"backward: the simple backward takes D <= 256, got D=300"}));
+}
+
+TEST(BackwardKernelChoice, TensorCoreSharedMemoryFitsTheTargets) {
+  EXPECT_EQ(rd::backward_tensor_core_smem_bytes(64), 58368);    // 57 KiB
+  EXPECT_EQ(rd::backward_tensor_core_smem_bytes(128), 107520);  // 105 KiB: under sm_80's 163 KiB opt-in
+  EXPECT_EQ(rd::backward_tensor_core_smem_bytes(96), 0);
 }
 
 // ---- launch shapes ---------------------------------------------------------------------------

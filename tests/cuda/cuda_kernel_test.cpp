@@ -24,6 +24,7 @@
 #include <optional>
 #include <string>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "common/check.hpp"
@@ -461,7 +462,7 @@ TEST_P(Backward, MatchesFloat64ReferenceOnTheSameInputs) {
   b.dv = d_dv.as<float>();
   b.accumulate = accumulate;
   b.mask = mask_args(m);
-  rc::backward(b);
+  rc::backward(b, rc::Kernel::Simple);  // the exact-comparison path: Auto would take tensor cores
   RINGATTN_CUDA_CHECK(cudaDeviceSynchronize());
 
   const Tensor<double> out = from_device(d_o, dt, s.q_shape());
@@ -498,7 +499,7 @@ TEST_P(Backward, MatchesFloat64ReferenceOnTheSameInputs) {
   b.dq = d_dq2.as<float>();
   b.dk = d_dk2.as<float>();
   b.dv = d_dv2.as<float>();
-  rc::backward(b);
+  rc::backward(b, rc::Kernel::Simple);
   RINGATTN_CUDA_CHECK(cudaDeviceSynchronize());
   EXPECT_TRUE(ringattn::test::AllClose(from_device(d_delta, rc::DType::F32, s.lse_shape()), delta, 0.0, 0.0));
   const Tensor<double> got_dq = from_device(d_dq2, rc::DType::F32, s.q_shape());
@@ -530,6 +531,281 @@ std::string backward_name(const ::testing::TestParamInfo<BwdParam>& i) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Simple, Backward, ::testing::ValuesIn(backward_params()), backward_name);
+
+// ---- backward on tensor cores ------------------------------------------------------------------
+
+// The same backward done naively in the kernel's precision, from the same 16-bit inputs, LSE and D
+// (the yardstick of DESIGN.md): per visible pair, fp32 scores and dP, P = exp(s - LSE) and
+// dS = P (dP - D) in fp32, rounded to @p dt where the kernel feeds them to the tensor cores
+// (dV += P^T dO, dK += dS^T Q, dQ += dS K), sums in fp32.
+ref::Gradients<double> lowp_naive_backward(const Tensor<double>& q, const Tensor<double>& k, const Tensor<double>& v,
+                                           const Tensor<double>& dO, const Tensor<double>& lse,
+                                           const Tensor<double>& delta, rc::DType dt, const Mask& m) {
+  const std::int64_t B = q.dim(0), Sq = q.dim(1), Hq = q.dim(2), D = q.dim(3), Skv = k.dim(1), Hkv = k.dim(2);
+  std::vector<float> dq(static_cast<std::size_t>(q.size()), 0.0f), dk(static_cast<std::size_t>(k.size()), 0.0f),
+      dv(static_cast<std::size_t>(v.size()), 0.0f);
+  const auto scale = static_cast<float>(m.scale);
+  for (std::int64_t b = 0; b < B; ++b) {
+    for (std::int64_t h = 0; h < Hq; ++h) {
+      const std::int64_t hk = h / (Hq / Hkv);
+      for (std::int64_t i = 0; i < Sq; ++i) {
+        const auto l = static_cast<float>(lse[(b * Hq + h) * Sq + i]);
+        const auto d = static_cast<float>(delta[(b * Hq + h) * Sq + i]);
+        if (l == -std::numeric_limits<float>::infinity()) continue;
+        const std::int64_t qi = ((b * Sq + i) * Hq + h) * D;
+        for (std::int64_t j = 0; j < Skv; ++j) {
+          if (m.causal && m.kpos.at(j) > m.qpos.at(i)) continue;
+          const std::int64_t kj = ((b * Skv + j) * Hkv + hk) * D;
+          float s = 0.0f, dp = 0.0f;
+          for (std::int64_t x = 0; x < D; ++x) {
+            s += static_cast<float>(q[qi + x]) * static_cast<float>(k[kj + x]);
+            dp += static_cast<float>(dO[qi + x]) * static_cast<float>(v[kj + x]);
+          }
+          const float p = std::exp(s * scale - l);
+          const float p16 = rc::round_to(dt, p);
+          const float ds16 = rc::round_to(dt, p * (dp - d));
+          for (std::int64_t x = 0; x < D; ++x) {
+            dv[static_cast<std::size_t>(kj + x)] += p16 * static_cast<float>(dO[qi + x]);
+            dk[static_cast<std::size_t>(kj + x)] += scale * ds16 * static_cast<float>(q[qi + x]);
+            dq[static_cast<std::size_t>(qi + x)] += scale * ds16 * static_cast<float>(k[kj + x]);
+          }
+        }
+      }
+    }
+  }
+  auto to_tensor = [](const std::vector<float>& x, const std::vector<std::int64_t>& shape) {
+    Tensor<double> t(shape);
+    for (std::int64_t n = 0; n < t.size(); ++n) t[n] = x[static_cast<std::size_t>(n)];
+    return t;
+  };
+  return {to_tensor(dq, q.shape()), to_tensor(dk, k.shape()), to_tensor(dv, v.shape())};
+}
+
+// flash-attention's criterion for a gradient computed with 16-bit operands: its error against the
+// float64 reference is at most 3x that of the naive computation in the same precision
+// (lowp_naive_backward), plus a floor for gradients that are ~0 and for the fp32 rounding of
+// adding to an accumulate case's starting values. NaN (an unwritten, poisoned element) fails.
+::testing::AssertionResult GradCriterion(const Tensor<double>& got, const Tensor<double>& naive,
+                                         const Tensor<double>& want, const Tensor<double>& start, rc::DType dt) {
+  double err = 0.0, err_naive = 0.0;
+  std::int64_t worst = 0;
+  for (std::int64_t n = 0; n < want.size(); ++n) {
+    if (std::isnan(got[n])) {
+      return ::testing::AssertionFailure() << "element " << ringattn::test::multi_index(got.shape(), n) << " is NaN";
+    }
+    const double e = std::fabs(got[n] - want[n]);
+    if (!(e <= err)) worst = n;
+    err = std::max(err, e);
+    err_naive = std::max(err_naive, std::fabs(naive[n] + start[n] - want[n]));
+  }
+  const double allowed = 3.0 * err_naive + 1e-6 * (1.0 + max_abs(want));
+  if (err <= allowed) {
+    return ::testing::AssertionSuccess() << "max error " << err << " <= 3 x " << err_naive;
+  }
+  return ::testing::AssertionFailure() << "max error " << err << " at " << ringattn::test::multi_index(got.shape(), worst)
+                                       << " (got " << got[worst] << ", want " << want[worst] << ") exceeds 3 x naive "
+                                       << dtype_name(dt) << " error " << err_naive << " + floor";
+}
+
+using TcBwdParam = std::tuple<rc::DType, bool /*accumulate*/, FwdCase>;
+
+class BackwardTensorCore : public ::testing::TestWithParam<TcBwdParam> {};
+
+// The tensor-core backward (bf16/fp16, D = 64, 128) on the inputs a training step gives it: O in
+// the input dtype and its LSE from the forward, D from its own pre-pass. Judged against the
+// float64 reference on the same inputs by GradCriterion; D by the fp32 tolerance; then again with
+// compute_delta off (D read, not written: dK, dV bitwise the same, dQ up to the order of its
+// atomic adds).
+TEST_P(BackwardTensorCore, MatchesFloat64ReferenceByTheFlashCriterion) {
+  RINGATTN_SKIP_WITHOUT_GPU();
+  const auto& [dt, accumulate, c] = GetParam();
+  RINGATTN_SEEDED_RNG(rng);
+  const ShapeCase& s = c.shape;
+  const Tensor<double> q = random_in(s.q_shape(), dt, rng, c.q_mul);
+  const Tensor<double> k = random_in(s.kv_shape(), dt, rng);
+  const Tensor<double> v = random_in(s.kv_shape(), dt, rng);
+  const Tensor<double> dO = random_in(s.q_shape(), dt, rng);
+  const Mask m = resolve_mask(s, c.causal, c.qpos, c.kpos);
+  const AttentionShape shape{s.batch, s.seq_q, s.seq_kv, s.heads_q, s.heads_kv, s.head_dim};
+
+  const rc::DeviceBuffer d_q = to_device(q, dt), d_k = to_device(k, dt), d_v = to_device(v, dt),
+                         d_do = to_device(dO, dt);
+  const rc::DeviceBuffer d_o = poisoned(dt, q.size());
+  const rc::DeviceBuffer d_lse = poisoned(rc::DType::F32, s.batch * s.heads_q * s.seq_q);
+  rc::ForwardArgs f;
+  f.shape = shape;
+  f.dtype = dt;
+  f.q = d_q.data();
+  f.k = d_k.data();
+  f.v = d_v.data();
+  f.out = d_o.data();
+  f.out_dtype = dt;  // what training keeps for the backward
+  f.lse = d_lse.as<float>();
+  f.mask = mask_args(m);
+  rc::forward(f, rc::Kernel::Simple);
+
+  const Tensor<double> zq(s.q_shape(), 0.0), zkv(s.kv_shape(), 0.0);
+  const Tensor<double> dq0 = accumulate ? random_in(s.q_shape(), rc::DType::F32, rng) : zq;
+  const Tensor<double> dk0 = accumulate ? random_in(s.kv_shape(), rc::DType::F32, rng) : zkv;
+  const Tensor<double> dv0 = accumulate ? random_in(s.kv_shape(), rc::DType::F32, rng) : zkv;
+  const rc::DeviceBuffer d_dq = accumulate ? to_device(dq0, rc::DType::F32) : poisoned(rc::DType::F32, q.size());
+  const rc::DeviceBuffer d_dk = accumulate ? to_device(dk0, rc::DType::F32) : poisoned(rc::DType::F32, k.size());
+  const rc::DeviceBuffer d_dv = accumulate ? to_device(dv0, rc::DType::F32) : poisoned(rc::DType::F32, v.size());
+  const rc::DeviceBuffer d_delta = poisoned(rc::DType::F32, s.batch * s.heads_q * s.seq_q);
+  rc::BackwardArgs b;
+  b.shape = shape;
+  b.dtype = dt;
+  b.q = d_q.data();
+  b.k = d_k.data();
+  b.v = d_v.data();
+  b.out = d_o.data();
+  b.dout = d_do.data();
+  b.lse = d_lse.as<float>();
+  b.delta = d_delta.as<float>();
+  b.dq = d_dq.as<float>();
+  b.dk = d_dk.as<float>();
+  b.dv = d_dv.as<float>();
+  b.accumulate = accumulate;
+  b.mask = mask_args(m);
+  try {
+    rc::backward(b, rc::Kernel::TensorCore);
+  } catch (const ringattn::Error& e) {
+    const std::string why = e.what();
+    if (why.find("compute capability") != std::string::npos || why.find("shared memory per block") != std::string::npos) {
+      GTEST_SKIP() << why;
+    }
+    FAIL() << why;
+  }
+  RINGATTN_CUDA_CHECK(cudaDeviceSynchronize());
+
+  const Tensor<double> out = from_device(d_o, dt, s.q_shape());
+  const Tensor<double> lse = from_device(d_lse, rc::DType::F32, s.lse_shape());
+  const Tensor<double> delta = from_device(d_delta, rc::DType::F32, s.lse_shape());
+  const Tensor<double> want_delta = ref::softmax_delta(out, dO);
+  ref::Gradients<double> want{dq0, dk0, dv0};
+  ref::block_backward<double>(ringattn::seq_view(q), ringattn::seq_view(k), ringattn::seq_view(v),
+                              ringattn::seq_view(dO), ringattn::lse_view(lse), ringattn::lse_view(want_delta),
+                              kernel_args(m), ringattn::seq_view(want.dq), ringattn::seq_view(want.dk),
+                              ringattn::seq_view(want.dv));
+  const auto dtol = fp32_tolerance(max_abs(want_delta), 0.0);
+  EXPECT_TRUE(ringattn::test::AllClose(delta, want_delta, dtol.atol, dtol.rtol)) << "D = rowsum(dO * O)";
+  const ref::Gradients<double> naive = lowp_naive_backward(q, k, v, dO, lse, delta, dt, m);
+  const Tensor<double> got_dq = from_device(d_dq, rc::DType::F32, s.q_shape());
+  const Tensor<double> got_dk = from_device(d_dk, rc::DType::F32, s.kv_shape());
+  const Tensor<double> got_dv = from_device(d_dv, rc::DType::F32, s.kv_shape());
+  EXPECT_TRUE(GradCriterion(got_dq, naive.dq, want.dq, dq0, dt)) << "dQ";
+  EXPECT_TRUE(GradCriterion(got_dk, naive.dk, want.dk, dk0, dt)) << "dK";
+  EXPECT_TRUE(GradCriterion(got_dv, naive.dv, want.dv, dv0, dt)) << "dV";
+
+  // compute_delta = false reads D instead of writing it.
+  const rc::DeviceBuffer d_dq2 = poisoned(rc::DType::F32, q.size());
+  const rc::DeviceBuffer d_dk2 = poisoned(rc::DType::F32, k.size());
+  const rc::DeviceBuffer d_dv2 = poisoned(rc::DType::F32, v.size());
+  b.compute_delta = false;
+  b.out = nullptr;  // not needed without the pre-pass
+  b.accumulate = false;
+  b.dq = d_dq2.as<float>();
+  b.dk = d_dk2.as<float>();
+  b.dv = d_dv2.as<float>();
+  rc::backward(b, rc::Kernel::TensorCore);
+  RINGATTN_CUDA_CHECK(cudaDeviceSynchronize());
+  EXPECT_TRUE(ringattn::test::AllClose(from_device(d_delta, rc::DType::F32, s.lse_shape()), delta, 0.0, 0.0));
+  const Tensor<double> dq2 = from_device(d_dq2, rc::DType::F32, s.q_shape());
+  const Tensor<double> dk2 = from_device(d_dk2, rc::DType::F32, s.kv_shape());
+  const Tensor<double> dv2 = from_device(d_dv2, rc::DType::F32, s.kv_shape());
+  for (std::int64_t n = 0; n < dk2.size(); ++n) {  // dK, dV: the same arithmetic in the same order
+    ASSERT_EQ(static_cast<float>(dk2[n] + dk0[n]), static_cast<float>(got_dk[n])) << "dK " << n;
+    ASSERT_EQ(static_cast<float>(dv2[n] + dv0[n]), static_cast<float>(got_dv[n])) << "dV " << n;
+  }
+  for (std::int64_t n = 0; n < dq2.size(); ++n) {  // dQ: atomics add the key tiles in any order
+    ASSERT_NEAR(dq2[n] + dq0[n], got_dq[n], 1e-5 * (1.0 + std::fabs(got_dq[n]))) << "dQ " << n;
+  }
+}
+
+std::vector<FwdCase> tensor_core_backward_cases() {
+  return {
+      {"S1", {1, 1, 1, 1, 1, 64}, false, {}, {}, 1.0},
+      {"S7_gqa4_causal", {2, 7, 7, 8, 2, 64}, true, {}, {}, 1.0},
+      {"S127_gqa8_causal_D128", {1, 127, 127, 8, 1, 128}, true, {}, {}, 1.0},
+      {"S1000_causal", {1, 1000, 1000, 2, 2, 64}, true, {}, {}, 1.0},
+      {"S300_causal_D128", {1, 300, 300, 2, 1, 128}, true, {}, {}, 1.0},
+      {"Sq33_Skv1000_D128", {2, 33, 1000, 4, 2, 128}, false, {}, {}, 1.0},
+      {"Sq77_Skv150_gqa3_D128", {1, 77, 150, 6, 2, 128}, false, {}, {}, 1.0},
+      {"Sq100_Skv40_causal_emptyrows", {1, 100, 40, 2, 1, 64}, true, {}, {}, 1.0},
+      // Ring segments (zigzag and striped), as in the forward's cases.
+      {"zigzag_q_after_k", {1, 32, 64, 4, 2, 64}, true, Positions{96, 1}, Positions{0, 1}, 1.0},
+      {"zigzag_diagonal_D128", {1, 96, 96, 4, 2, 128}, true, Positions{64, 1}, Positions{64, 1}, 1.0},
+      {"zigzag_q_before_k", {1, 16, 32, 2, 2, 64}, true, Positions{0, 1}, Positions{64, 1}, 1.0},
+      {"striped_3_vs_1", {2, 50, 50, 4, 4, 64}, true, Positions{3, 4}, Positions{1, 4}, 1.0},
+      {"striped_0_vs_2_D128", {1, 131, 131, 2, 1, 128}, true, Positions{0, 4}, Positions{2, 4}, 1.0},
+      {"large_logits_causal", {1, 300, 300, 4, 2, 64}, true, {}, {}, 10.0},
+      {"large_logits_causal_D128", {1, 130, 200, 2, 2, 128}, true, {}, {}, 10.0},
+  };
+}
+
+std::vector<TcBwdParam> tensor_core_backward_params() {
+  std::vector<TcBwdParam> ps;
+  for (rc::DType dt : {rc::DType::F16, rc::DType::BF16}) {
+    for (bool acc : {false, true}) {
+      for (const FwdCase& c : tensor_core_backward_cases()) ps.emplace_back(dt, acc, c);
+    }
+  }
+  return ps;
+}
+
+std::string tensor_core_backward_name(const ::testing::TestParamInfo<TcBwdParam>& i) {
+  const auto& [dt, acc, c] = i.param;
+  return dtype_name(dt) + (acc ? "_accumulate_" : "_overwrite_") + c.name;
+}
+
+INSTANTIATE_TEST_SUITE_P(TensorCore, BackwardTensorCore, ::testing::ValuesIn(tensor_core_backward_params()),
+                         tensor_core_backward_name);
+
+// Auto takes the tensor-core backward where it runs (dK is deterministic, and differs from the
+// simple kernel's fp32 arithmetic), the simple one where it does not (fp32; D = 96).
+TEST(BackwardAuto, PicksTensorCoresWhereTheyRun) {
+  RINGATTN_SKIP_WITHOUT_GPU();
+  RINGATTN_SEEDED_RNG(rng);
+  for (const auto& [dt, D] : {std::pair{rc::DType::BF16, std::int64_t{64}}, std::pair{rc::DType::F32, std::int64_t{64}},
+                              std::pair{rc::DType::F16, std::int64_t{96}}}) {
+    const ShapeCase s{1, 70, 90, 4, 2, D};
+    const Tensor<double> q = random_in(s.q_shape(), dt, rng), k = random_in(s.kv_shape(), dt, rng),
+                         v = random_in(s.kv_shape(), dt, rng), dO = random_in(s.q_shape(), dt, rng);
+    const Tensor<double> lse = random_in(s.lse_shape(), rc::DType::F32, rng);  // any finite LSE and D do here
+    const Tensor<double> delta = random_in(s.lse_shape(), rc::DType::F32, rng);
+    const rc::DeviceBuffer d_q = to_device(q, dt), d_k = to_device(k, dt), d_v = to_device(v, dt),
+                           d_do = to_device(dO, dt), d_lse = to_device(lse, rc::DType::F32),
+                           d_delta = to_device(delta, rc::DType::F32);
+    auto run = [&](rc::Kernel kernel) {
+      const rc::DeviceBuffer d_dq = poisoned(rc::DType::F32, q.size()), d_dk = poisoned(rc::DType::F32, k.size()),
+                             d_dv = poisoned(rc::DType::F32, v.size());
+      rc::BackwardArgs b;
+      b.shape = AttentionShape{s.batch, s.seq_q, s.seq_kv, s.heads_q, s.heads_kv, s.head_dim};
+      b.dtype = dt;
+      b.q = d_q.data();
+      b.k = d_k.data();
+      b.v = d_v.data();
+      b.dout = d_do.data();
+      b.lse = d_lse.as<float>();
+      b.delta = d_delta.as<float>();
+      b.compute_delta = false;
+      b.dq = d_dq.as<float>();
+      b.dk = d_dk.as<float>();
+      b.dv = d_dv.as<float>();
+      b.mask.causal = true;
+      rc::backward(b, kernel);
+      RINGATTN_CUDA_CHECK(cudaDeviceSynchronize());
+      return from_device(d_dk, rc::DType::F32, s.kv_shape());
+    };
+    const Tensor<double> auto_dk = run(rc::Kernel::Auto);
+    const bool tc = dt != rc::DType::F32 && D != 96;
+    const Tensor<double> want = run(tc ? rc::Kernel::TensorCore : rc::Kernel::Simple);
+    EXPECT_TRUE(ringattn::test::AllClose(auto_dk, want, 0.0, 0.0)) << dtype_name(dt) << " D=" << D;
+    if (tc) {
+      EXPECT_FALSE(ringattn::test::AllClose(auto_dk, run(rc::Kernel::Simple), 0.0, 0.0)) << "kernels indistinguishable";
+    }
+  }
+}
 
 // ---- merge ----------------------------------------------------------------------------------
 
