@@ -158,6 +158,15 @@ prepare() {
   cp -a /usr/share/cmake/CLI11 "$dst/share/cmake/"
   cp -a /usr/include/nlohmann "$dst/include/"
   cp -a /usr/share/cmake/nlohmann_json "$dst/share/cmake/"
+  # NCCL's header (the GPU image carries the library as a Python package, maybe without it).
+  local nccl_h
+  for nccl_h in "${CUDA_HOME:-/usr/local/cuda}/include/nccl.h" /usr/include/nccl.h; do
+    if [[ -e $nccl_h ]]; then
+      mkdir -p "$dst/nccl/include"
+      cp -L "$nccl_h" "$dst/nccl/include/"
+      break
+    fi
+  done
   # GoogleTest: sources (built on the GPU machine with its compiler), without tests and docs.
   tar -C /usr/src -cf - --exclude=googletest/googletest/test --exclude=googletest/googlemock/test \
       --exclude=googletest/googletest/samples --exclude=googletest/googletest/docs \
@@ -460,7 +469,47 @@ p_deps() {
     note[deps]="no GoogleTest: tests not built (run --prepare, or pass --gtest DIR)"
   fi
   echo "   GTest: ${dir:-none}"
+  find_nccl
   return 0
+}
+
+# NCCL for the CUDA ring's NcclCommunicator: the system's (next to the CUDA toolkit) when there
+# is one; else the library PyTorch's image carries as a Python package (nvidia-nccl-*), whose
+# folder has lib/libnccl.so.2 but no unversioned name for the linker, with its own header or the
+# one --prepare carried. A shim folder gives CMake both names; without any, NCCL stays off and
+# the NCCL tests say why they are not there.
+find_nccl() {
+  local cuda_home=${CUDA_HOME:-/usr/local/cuda}
+  if [[ -e $cuda_home/include/nccl.h ]] && compgen -G "$cuda_home/lib*/libnccl.so*" >/dev/null; then
+    echo "   NCCL: $cuda_home"
+    return 0
+  fi
+  local pkg="" hdr=""
+  pkg=$(python3 -c 'import nvidia.nccl as m, os; print(list(m.__path__)[0])' 2>/dev/null || true)
+  [[ -n $pkg && -e $pkg/lib/libnccl.so.2 ]] || pkg=""
+  if [[ -z $pkg ]]; then
+    echo "   NCCL: none found (no $cuda_home/include/nccl.h, no nvidia-nccl Python package): NcclCommunicator off"
+    return 0
+  fi
+  if [[ -e $pkg/include/nccl.h ]]; then
+    hdr=$pkg/include/nccl.h
+  elif [[ -n $deps && -e $deps/nccl/include/nccl.h ]]; then
+    hdr=$deps/nccl/include/nccl.h
+  fi
+  if [[ -z $hdr ]]; then
+    echo "   NCCL: $pkg has the library but no nccl.h (run --prepare here to carry one): NcclCommunicator off"
+    return 0
+  fi
+  local shim=$build/_deps/nccl
+  if ((!dry)); then
+    mkdir -p "$shim/include" "$shim/lib"
+    ln -sf "$hdr" "$shim/include/nccl.h"
+    ln -sf "$pkg/lib/libnccl.so.2" "$shim/lib/libnccl.so.2"
+    ln -sf "$pkg/lib/libnccl.so.2" "$shim/lib/libnccl.so"
+  fi
+  cmake_dep_args+=("-DNCCL_INCLUDE_DIR=$shim/include" "-DNCCL_LIBRARY=$shim/lib/libnccl.so")
+  export LD_LIBRARY_PATH=$shim/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+  echo "   NCCL: $pkg/lib/libnccl.so.2 with $hdr"
 }
 
 p_configure() {
@@ -602,6 +651,24 @@ print(":".join((small or rest or names)[: 3 if small else 2]))
       if [[ ${ran:-0} -eq 0 && $rc -eq 0 ]]; then res+=("$tool ran no test"); else res+=("$tool NOT clean (exit $rc${summary:+, $summary})"); fi
     fi
   done
+  # The ring: one small virtual-rank case under memcheck (every region the plan computes lands
+  # inside its buffer; the copies between ranks stay in bounds).
+  local ring_bin; ring_bin=$(find_bin cuda_ring_test)
+  if ((dry)); then ring_bin=${ring_bin:-$build/bin/cuda_ring_test}; fi
+  if [[ -n $ring_bin ]]; then
+    local log=$logs/sanitize-ring.log rc=0 ring_filter=${RINGATTN_RING_SANITIZE_FILTER:-Rings/CudaRing.VirtualRanksMatchTheReference/zigzag_N3_causal_bf16}
+    cap=${RINGATTN_SANITIZE_CAP:-150} run "$log" compute-sanitizer --tool memcheck --error-exitcode 99 \
+      --print-limit 20 "$ring_bin" --gtest_filter="$ring_filter" || rc=$?
+    if ((!dry)); then
+      local ran; ran=$(sed -n 's/.*\[==========\] \([0-9]*\) tests\{0,1\} from .* ran.*/\1/p' "$log" | tail -1)
+      if ((rc == 0)) && [[ ${ran:-0} -gt 0 ]] && ! grep -q "SKIPPED \]" "$log"; then
+        res+=("ring memcheck clean (${ran} tests)")
+      else
+        fails=$((fails + 1))
+        res+=("ring memcheck NOT clean or skipped (exit $rc)")
+      fi
+    fi
+  fi
   note[sanitize]=$(IFS=';'; echo "${res[*]}")
   note[sanitize]=${note[sanitize]//;/; }
   ((fails == 0))
