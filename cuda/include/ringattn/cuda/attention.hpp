@@ -45,11 +45,12 @@ enum class DType {
 /// Bytes of one element.
 [[nodiscard]] std::size_t element_bytes(DType dtype);
 
-/// Which version of the forward kernel runs (cuda/README.md explains each).
+/// Which version of a kernel runs (cuda/README.md explains each). The forward has all four; the
+/// backward has Simple and TensorCore (Auto: TensorCore where it supports the call, else Simple).
 enum class Kernel {
-  Auto,        ///< TensorCore where it supports the arguments, else Tiled
-  Simple,      ///< one thread per query row, float32 arithmetic: the exact-comparison path
-  Tiled,       ///< the flash-attention-1 loop with K/V tiles in shared memory (Br x Bc)
+  Auto,        ///< TensorCore where it supports the arguments, else Tiled (forward) or Simple
+  Simple,      ///< one thread per query (or key) row, float32 arithmetic: the exact-comparison path
+  Tiled,       ///< forward only: the flash-attention-1 loop with K/V tiles in shared memory (Br x Bc)
   TensorCore,  ///< mma.sync + ldmatrix + cp.async, bf16/fp16 in, fp32 accumulation; D = 64, 128
 };
 /// "auto", "simple", "tiled" or "tensor-core".
