@@ -9,26 +9,11 @@
 
 #include "ringattn/core/error.hpp"
 #include "ringattn/cuda/attention.hpp"
+#include "cuda_transfer.hpp"
 #include "ringattn/cuda/device.hpp"
 
 namespace ringattn::cli {
 namespace {
-
-template <class T>
-cuda::DeviceBuffer upload(const Tensor<T>& t, cuda::DType dtype) {
-  std::vector<float> f(static_cast<std::size_t>(t.size()));
-  for (std::int64_t n = 0; n < t.size(); ++n) f[static_cast<std::size_t>(n)] = static_cast<float>(t[n]);
-  return cuda::upload(dtype, f);
-}
-
-// Downloads float32 elements (what every output of the kernels is here) into a Tensor<T>.
-template <class T>
-Tensor<T> download(const cuda::DeviceBuffer& buf, std::vector<std::int64_t> shape) {
-  Tensor<T> t(std::move(shape));
-  const std::vector<float> f = cuda::download(cuda::DType::F32, buf.data(), static_cast<std::size_t>(t.size()));
-  for (std::int64_t n = 0; n < t.size(); ++n) t[n] = static_cast<T>(f[static_cast<std::size_t>(n)]);
-  return t;
-}
 
 cuda::MaskArgs mask_of(const CudaOptions& o) {
   cuda::MaskArgs m;
@@ -52,7 +37,7 @@ CudaAttentionResult<T> cuda_attention(const Tensor<T>& q, const Tensor<T>& k, co
   const AttentionShape shape = ref::check_qkv(q, k, v);
   const std::vector<std::int64_t> lse_shape = {shape.batch, shape.heads_q, shape.seq_q};
 
-  const cuda::DeviceBuffer dq = upload(q, dtype), dk = upload(k, dtype), dv = upload(v, dtype);
+  const cuda::DeviceBuffer dq = upload_tensor(q, dtype), dk = upload_tensor(k, dtype), dv = upload_tensor(v, dtype);
   // O in float32: the file gets the most precise result the kernel has.
   const cuda::DeviceBuffer dout_o(static_cast<std::size_t>(q.size()) * sizeof(float));
   const cuda::DeviceBuffer dlse(static_cast<std::size_t>(shape.lse_elements()) * sizeof(float));
@@ -69,15 +54,15 @@ CudaAttentionResult<T> cuda_attention(const Tensor<T>& q, const Tensor<T>& k, co
   cuda::forward(f, kernel);
 
   CudaAttentionResult<T> r;
-  r.fwd.out = download<T>(dout_o, q.shape());  // synchronizes: a kernel fault surfaces here
-  r.fwd.lse = download<T>(dlse, lse_shape);
+  r.fwd.out = download_f32<T>(dout_o, q.shape());  // synchronizes: a kernel fault surfaces here
+  r.fwd.lse = download_f32<T>(dlse, lse_shape);
   if (!dout) return r;
 
   // The backward reads O in the input dtype, as training keeps it: the float32 O rounded on the
   // host exactly as the kernel's store would round it.
   const std::vector<float> o32 = cuda::download(cuda::DType::F32, dout_o.data(), static_cast<std::size_t>(q.size()));
   const cuda::DeviceBuffer d_o = cuda::upload(dtype, o32);
-  const cuda::DeviceBuffer d_do = upload(*dout, dtype);
+  const cuda::DeviceBuffer d_do = upload_tensor(*dout, dtype);
   const cuda::DeviceBuffer delta(static_cast<std::size_t>(shape.lse_elements()) * sizeof(float));
   const cuda::DeviceBuffer gq(static_cast<std::size_t>(q.size()) * sizeof(float));
   const cuda::DeviceBuffer gk(static_cast<std::size_t>(k.size()) * sizeof(float));
@@ -97,7 +82,7 @@ CudaAttentionResult<T> cuda_attention(const Tensor<T>& q, const Tensor<T>& k, co
   b.dv = gv.as<float>();
   b.mask = mask_of(o);
   cuda::backward(b);
-  r.grads = ref::Gradients<T>{download<T>(gq, q.shape()), download<T>(gk, k.shape()), download<T>(gv, v.shape())};
+  r.grads = ref::Gradients<T>{download_f32<T>(gq, q.shape()), download_f32<T>(gk, k.shape()), download_f32<T>(gv, v.shape())};
   return r;
 }
 
@@ -109,7 +94,7 @@ ref::ForwardResult<T> cuda_decode(const Tensor<T>& q, const Tensor<T>& k, const 
   require(splits >= 1 && splits <= INT_MAX, "--splits must be between 1 and ", INT_MAX, ", got ", splits);
   const int n = static_cast<int>(splits);
   const cuda::DeviceBuffer ws(cuda::decode_workspace_bytes(shape, n));
-  const cuda::DeviceBuffer dq = upload(q, dtype), dk = upload(k, dtype), dv = upload(v, dtype);
+  const cuda::DeviceBuffer dq = upload_tensor(q, dtype), dk = upload_tensor(k, dtype), dv = upload_tensor(v, dtype);
   const cuda::DeviceBuffer dout_o(static_cast<std::size_t>(q.size()) * sizeof(float));
   const cuda::DeviceBuffer dlse(static_cast<std::size_t>(shape.lse_elements()) * sizeof(float));
   cuda::ForwardArgs f;
@@ -123,7 +108,7 @@ ref::ForwardResult<T> cuda_decode(const Tensor<T>& q, const Tensor<T>& k, const 
   f.lse = dlse.as<float>();
   f.mask = mask_of(o);
   cuda::decode(f, n, ws.data());
-  return {download<T>(dout_o, q.shape()), download<T>(dlse, {shape.batch, shape.heads_q, shape.seq_q})};
+  return {download_f32<T>(dout_o, q.shape()), download_f32<T>(dlse, {shape.batch, shape.heads_q, shape.seq_q})};
 }
 
 #define INSTANTIATE(T)                                                                                           \

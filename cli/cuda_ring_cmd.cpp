@@ -13,6 +13,7 @@
 #include "ringattn/core/layout.hpp"
 #include "ringattn/core/schedule.hpp"
 #include "ringattn/cuda/communicator.hpp"
+#include "cuda_transfer.hpp"
 #include "ringattn/cuda/device.hpp"
 #include "ringattn/cuda/ring.hpp"
 #include "ringattn/reference/ring.hpp"
@@ -55,20 +56,6 @@ void agreed(cuda::Communicator& comm, F&& f) {
   if (!error.empty()) throw RingCollectiveError(error);
 }
 
-template <class T>
-cuda::DeviceBuffer upload(const Tensor<T>& t, cuda::DType dtype) {
-  std::vector<float> f(static_cast<std::size_t>(t.size()));
-  for (std::int64_t n = 0; n < t.size(); ++n) f[static_cast<std::size_t>(n)] = static_cast<float>(t[n]);
-  return cuda::upload(dtype, f);
-}
-
-template <class T>
-Tensor<T> download_f32(const cuda::DeviceBuffer& buf, std::vector<std::int64_t> shape) {
-  Tensor<T> t(std::move(shape));
-  const std::vector<float> f = cuda::download(cuda::DType::F32, buf.data(), static_cast<std::size_t>(t.size()));
-  for (std::int64_t n = 0; n < t.size(); ++n) t[n] = static_cast<T>(f[static_cast<std::size_t>(n)]);
-  return t;
-}
 
 // A float32 buffer of @p count elements, every byte @p byte (0xff: NaN, so an element the ring
 // does not write is seen; 0: zeros).
@@ -134,9 +121,9 @@ std::vector<RingShardOutputs<T>> cuda_ring_shards(cuda::Communicator& comm, cons
               ", expected ", shape_string(m.q_shape));
       m.device = comm.device(static_cast<int>(i));
       DeviceScope on(m.device);
-      m.q = upload(s.q, cfg.dtype);
-      m.k = upload(s.k, cfg.dtype);
-      m.v = upload(s.v, cfg.dtype);
+      m.q = upload_tensor(s.q, cfg.dtype);
+      m.k = upload_tensor(s.k, cfg.dtype);
+      m.v = upload_tensor(s.v, cfg.dtype);
       m.out = f32_buffer(s.q.size(), 0xff);
       m.lse = f32_buffer(shape.batch * shape.heads_q * sq, 0xff);
     }
@@ -165,7 +152,7 @@ std::vector<RingShardOutputs<T>> cuda_ring_shards(cuda::Communicator& comm, cons
       res[i].lse = download_f32<T>(m.lse, m.lse_shape);
       if (!backward) continue;
       m.o_in = cuda::upload(cfg.dtype, o32);
-      m.dout = upload(shards[i].dout, cfg.dtype);
+      m.dout = upload_tensor(shards[i].dout, cfg.dtype);
       // Zeros: whether the ring overwrites or accumulates into them, the result is the gradient.
       m.dq = f32_buffer(shards[i].q.size(), 0);
       m.dk = f32_buffer(shards[i].k.size(), 0);

@@ -231,30 +231,36 @@ int run(const World& w, const MpiAttentionRequest& a) {
   return 0;
 }
 
-}  // namespace
-
-int run_attention_mpi(const MpiAttentionRequest& request) {
+// Runs @p body as one process of an MPI job: a problem every rank agreed on (CollectiveError) is
+// printed once by rank 0 and every rank stops in order; a problem only this rank knows of (a
+// peer died or is stuck, a write failed) ends the whole job.
+template <class Body>
+int run_in_mpi_job(double timeout_s, double default_timeout_s, Body&& body) {
   int provided = 0;
   MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided);
   World w;
   MPI_Comm_rank(MPI_COMM_WORLD, &w.rank);
   MPI_Comm_size(MPI_COMM_WORLD, &w.ranks);
-  w.timeout_s = request.timeout_s > 0 ? request.timeout_s : 300;
+  w.timeout_s = timeout_s > 0 ? timeout_s : default_timeout_s;
   try {
-    run(w, request);
+    body(w);
     MPI_Finalize();
     return 0;
   } catch (const rm::CollectiveError& e) {
-    // Every rank saw the same problem: one line from rank 0, and all stop in order.
     if (w.rank == 0) std::cerr << "ringattn: error: " << e.what() << "\n";
     MPI_Finalize();
     return 1;
   } catch (const std::exception& e) {
-    // Only this rank knows (a peer died or is stuck, a write failed): stop the whole job.
     std::cerr << "ringattn: error: rank " << w.rank << ": " << e.what() << "\n" << std::flush;
     MPI_Abort(MPI_COMM_WORLD, 1);
     return 1;
   }
+}
+
+}  // namespace
+
+int run_attention_mpi(const MpiAttentionRequest& request) {
+  return run_in_mpi_job(request.timeout_s, 300, [&](World& w) { run(w, request); });
 }
 
 #if defined(RINGATTN_HAVE_CUDA_BUILD) && defined(RINGATTN_HAVE_NCCL)
@@ -375,26 +381,7 @@ void run_cuda_ring(const World& w, const CudaRingMpiRequest& a) {
 }  // namespace
 
 int run_attention_cuda_ring_mpi(const CudaRingMpiRequest& request) {
-  int provided = 0;
-  MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided);
-  World w;
-  MPI_Comm_rank(MPI_COMM_WORLD, &w.rank);
-  MPI_Comm_size(MPI_COMM_WORLD, &w.ranks);
-  w.timeout_s = request.timeout_s > 0 ? request.timeout_s : 600;
-  try {
-    run_cuda_ring(w, request);
-    MPI_Finalize();
-    return 0;
-  } catch (const rm::CollectiveError& e) {
-    if (w.rank == 0) std::cerr << "ringattn: error: " << e.what() << "\n";
-    MPI_Finalize();
-    return 1;
-  } catch (const std::exception& e) {
-    // Only this rank knows (a fault inside the ring, a peer that stopped answering): end the job.
-    std::cerr << "ringattn: error: rank " << w.rank << ": " << e.what() << "\n" << std::flush;
-    MPI_Abort(MPI_COMM_WORLD, 1);
-    return 1;
-  }
+  return run_in_mpi_job(request.timeout_s, 600, [&](World& w) { run_cuda_ring(w, request); });
 }
 #endif
 

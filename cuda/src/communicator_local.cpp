@@ -18,22 +18,6 @@ struct LocalCommunicator::Events {
   std::vector<cudaEvent_t> pre, post;
 };
 
-namespace {
-
-// Restores the caller's current device when a scope ends.
-class DeviceGuard {
- public:
-  DeviceGuard() { RINGATTN_CUDA_CHECK(cudaGetDevice(&saved_)); }
-  ~DeviceGuard() { (void)cudaSetDevice(saved_); }
-  DeviceGuard(const DeviceGuard&) = delete;
-  DeviceGuard& operator=(const DeviceGuard&) = delete;
-
- private:
-  int saved_ = 0;
-};
-
-}  // namespace
-
 LocalCommunicator::LocalCommunicator(int ranks, std::vector<int> devices) : events_(std::make_unique<Events>()) {
   require(ranks >= 1, "the ring needs at least 1 rank, got ", ranks);
   std::string why;

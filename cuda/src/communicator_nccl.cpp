@@ -32,17 +32,6 @@ void check_nccl(ncclResult_t r, const char* what) {
 }
 #define RINGATTN_NCCL_CHECK(call) check_nccl((call), #call)
 
-class DeviceGuard {
- public:
-  DeviceGuard() { RINGATTN_CUDA_CHECK(cudaGetDevice(&saved_)); }
-  ~DeviceGuard() { (void)cudaSetDevice(saved_); }
-  DeviceGuard(const DeviceGuard&) = delete;
-  DeviceGuard& operator=(const DeviceGuard&) = delete;
-
- private:
-  int saved_ = 0;
-};
-
 #if defined(RINGATTN_HAVE_MPI)
 // Every rank learns whether all succeeded; if not, every rank throws the first failing rank's
 // message (MPI_Allreduce of the failing rank, then a broadcast of its message).

@@ -50,6 +50,10 @@ int device_count(std::string* why) {
 
 // ---- device memory ---------------------------------------------------------------------------
 
+DeviceGuard::DeviceGuard() { RINGATTN_CUDA_CHECK(cudaGetDevice(&saved_)); }
+
+DeviceGuard::~DeviceGuard() { (void)cudaSetDevice(saved_); }
+
 DeviceBuffer::DeviceBuffer(std::size_t bytes) {
   if (bytes == 0) return;
   const cudaError_t status = cudaMalloc(&data_, bytes);

@@ -6,7 +6,9 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <chrono>
+#include <initializer_list>
 #include <cmath>
 #include <map>
 #include <sstream>
@@ -20,22 +22,35 @@
 namespace ringattn::cuda {
 namespace {
 
-class DeviceGuard {
- public:
-  DeviceGuard() { RINGATTN_CUDA_CHECK(cudaGetDevice(&saved_)); }
-  ~DeviceGuard() { (void)cudaSetDevice(saved_); }
-  DeviceGuard(const DeviceGuard&) = delete;
-  DeviceGuard& operator=(const DeviceGuard&) = delete;
-
- private:
-  int saved_ = 0;
-};
-
 void check_shard_pointer(const void* p, const char* what, int rank, bool optional = false) {
   if (optional && p == nullptr) return;
   require(p != nullptr, "rank ", rank, ": ", what, " is null");
   require(reinterpret_cast<std::uintptr_t>(p) % 16 == 0, "rank ", rank, ": ", what,
           " must be 16-byte aligned (cudaMalloc pointers are)");
+}
+
+// The caller's tensors by (rank, plan buffer name).
+using UserBuffers = std::map<std::pair<int, std::string>, void*>;
+
+// One tensor of a shard: the plan's buffer name, the pointer, its name in messages.
+struct ShardTensor {
+  const char* plan_name;
+  const void* ptr;
+  const char* what;
+  bool optional = false;
+};
+
+// Binds a rank's tensors and records its first problem (an empty string when there is none); the
+// problems are agreed across ranks before anything runs.
+void bind_shard(int rank, std::initializer_list<ShardTensor> tensors, UserBuffers& user,
+                std::vector<std::string>& errors) {
+  try {
+    for (const ShardTensor& t : tensors) check_shard_pointer(t.ptr, t.what, rank, t.optional);
+    errors.emplace_back();
+  } catch (const std::exception& e) {
+    errors.emplace_back(e.what());
+  }
+  for (const ShardTensor& t : tensors) user[{rank, t.plan_name}] = const_cast<void*>(t.ptr);
 }
 
 // Per local rank: streams, events and the driver's own buffers for one plan.
@@ -145,7 +160,7 @@ struct RingAttention::Impl {
   }
 
   // Runs plan k with the user's buffers bound by name.
-  void run(int k, const std::map<std::pair<int, std::string>, void*>& user) {
+  void run(int k, const UserBuffers& user) {
     const RingPlan& p = plans[k];
     auto ptr = [&](const Region& reg) -> char* {
       const PlanBuffer& buf = p.buffers[static_cast<std::size_t>(reg.buffer)];
@@ -359,9 +374,31 @@ struct RingAttention::Impl {
     }
   }
 
+  // Binds every local rank's shard (bind(rank, shard, user, errors)) and runs the plan; when every
+  // shard is fine, @p extra may add buffers per rank (its failures are agreed too).
+  template <class Shard, class Bind, class Extra>
+  void run_with_shards(std::span<const Shard> shards, bool backward, Bind&& bind, Extra&& extra) {
+    const auto& lr = comm.local_ranks();
+    require(shards.size() == lr.size(), backward ? "ring backward: " : "ring forward: ", shards.size(),
+            " shards given for ", lr.size(), " local ranks");
+    UserBuffers user;
+    std::vector<std::string> errors;
+    for (std::size_t i = 0; i < lr.size(); ++i) bind(lr[i], shards[i], user, errors);
+    std::vector<DeviceBuffer> scratch;
+    const bool shards_ok = std::all_of(errors.begin(), errors.end(), [](const std::string& e) { return e.empty(); });
+    for (std::size_t i = 0; shards_ok && i < lr.size(); ++i) {  // nothing touches a device before that
+      try {
+        extra(i, shards[i], user, scratch);
+      } catch (const std::exception& e) {
+        errors[i] = e.what();
+      }
+    }
+    execute(backward, user, errors);
+  }
+
   // Validation, allocation and the run, with failures agreed across ranks before any transfer is
   // queued (a bad shard on one rank fails every rank, nobody waits for it).
-  void execute(bool backward, const std::map<std::pair<int, std::string>, void*>& user,
+  void execute(bool backward, const UserBuffers& user,
                const std::vector<std::string>& shard_errors) {
     std::string error;
     for (const std::string& e : shard_errors) {
@@ -412,82 +449,35 @@ RingAttention::~RingAttention() = default;
 
 void RingAttention::forward(std::span<const ForwardShard> shards) {
   Impl& m = *impl_;
-  const auto& lr = m.comm.local_ranks();
-  require(shards.size() == lr.size(), "ring forward: ", shards.size(), " shards given for ", lr.size(),
-          " local ranks");
-  std::map<std::pair<int, std::string>, void*> user;
-  std::vector<std::string> errors;
-  for (std::size_t i = 0; i < lr.size(); ++i) {
-    const int r = lr[i];
-    const ForwardShard& sh = shards[i];
-    try {
-      check_shard_pointer(sh.q, "Q", r);
-      check_shard_pointer(sh.k, "K", r);
-      check_shard_pointer(sh.v, "V", r);
-      check_shard_pointer(sh.out, "O", r);
-      check_shard_pointer(sh.lse, "LSE", r, true);
-      errors.emplace_back();
-    } catch (const std::exception& e) {
-      errors.emplace_back(e.what());
-    }
-    user[{r, "q"}] = const_cast<void*>(sh.q);
-    user[{r, "k"}] = const_cast<void*>(sh.k);
-    user[{r, "v"}] = const_cast<void*>(sh.v);
-    user[{r, "out"}] = sh.out;
-    user[{r, "lse"}] = sh.lse;
-  }
-  // The plan writes an LSE per rank; a caller that wants none gets it in a scratch buffer.
-  std::vector<DeviceBuffer> scratch;
-  bool all_ok = true;
-  for (const auto& e : errors) all_ok = all_ok && e.empty();
-  if (all_ok) {
-    DeviceGuard guard;
-    for (std::size_t i = 0; i < lr.size(); ++i) {
-      if (shards[i].lse) continue;
-      RINGATTN_CUDA_CHECK(cudaSetDevice(m.comm.device(static_cast<int>(i))));
-      const std::int64_t len = m.schedule.q_layout().shard_length(lr[i]);
-      scratch.emplace_back(static_cast<std::size_t>(m.config.shape.batch * m.config.shape.heads_q * len) * 4);
-      user[{lr[i], "lse"}] = scratch.back().data();
-    }
-  }
-  m.execute(false, user, errors);
+  m.run_with_shards(
+      shards, false,
+      [](int r, const ForwardShard& sh, UserBuffers& user, std::vector<std::string>& errors) {
+        bind_shard(r, {{"q", sh.q, "Q"}, {"k", sh.k, "K"}, {"v", sh.v, "V"}, {"out", sh.out, "O"},
+                       {"lse", sh.lse, "LSE", true}},
+                   user, errors);
+      },
+      // The plan writes an LSE per rank; a caller that wants none gets it in a scratch buffer.
+      [&m](std::size_t i, const ForwardShard& sh, UserBuffers& user, std::vector<DeviceBuffer>& scratch) {
+        if (sh.lse) return;
+        const int r = m.comm.local_ranks()[i];
+        DeviceGuard guard;
+        RINGATTN_CUDA_CHECK(cudaSetDevice(m.comm.device(static_cast<int>(i))));
+        const std::int64_t len = m.schedule.q_layout().shard_length(r);
+        scratch.emplace_back(static_cast<std::size_t>(m.config.shape.batch * m.config.shape.heads_q * len) * 4);
+        user[{r, "lse"}] = scratch.back().data();
+      });
 }
 
 void RingAttention::backward(std::span<const BackwardShard> shards) {
-  Impl& m = *impl_;
-  const auto& lr = m.comm.local_ranks();
-  require(shards.size() == lr.size(), "ring backward: ", shards.size(), " shards given for ", lr.size(),
-          " local ranks");
-  std::map<std::pair<int, std::string>, void*> user;
-  std::vector<std::string> errors;
-  for (std::size_t i = 0; i < lr.size(); ++i) {
-    const int r = lr[i];
-    const BackwardShard& sh = shards[i];
-    try {
-      check_shard_pointer(sh.q, "Q", r);
-      check_shard_pointer(sh.k, "K", r);
-      check_shard_pointer(sh.v, "V", r);
-      check_shard_pointer(sh.out, "O", r);
-      check_shard_pointer(sh.dout, "dO", r);
-      check_shard_pointer(sh.lse, "LSE", r);
-      check_shard_pointer(sh.dq, "dQ", r);
-      check_shard_pointer(sh.dk, "dK", r);
-      check_shard_pointer(sh.dv, "dV", r);
-      errors.emplace_back();
-    } catch (const std::exception& e) {
-      errors.emplace_back(e.what());
-    }
-    user[{r, "q"}] = const_cast<void*>(sh.q);
-    user[{r, "k"}] = const_cast<void*>(sh.k);
-    user[{r, "v"}] = const_cast<void*>(sh.v);
-    user[{r, "out"}] = const_cast<void*>(sh.out);
-    user[{r, "dout"}] = const_cast<void*>(sh.dout);
-    user[{r, "lse"}] = const_cast<float*>(sh.lse);
-    user[{r, "dq"}] = sh.dq;
-    user[{r, "dk"}] = sh.dk;
-    user[{r, "dv"}] = sh.dv;
-  }
-  m.execute(true, user, errors);
+  impl_->run_with_shards(
+      shards, true,
+      [](int r, const BackwardShard& sh, UserBuffers& user, std::vector<std::string>& errors) {
+        bind_shard(r, {{"q", sh.q, "Q"}, {"k", sh.k, "K"}, {"v", sh.v, "V"}, {"out", sh.out, "O"},
+                       {"dout", sh.dout, "dO"}, {"lse", sh.lse, "LSE"}, {"dq", sh.dq, "dQ"}, {"dk", sh.dk, "dK"},
+                       {"dv", sh.dv, "dV"}},
+                   user, errors);
+      },
+      [](std::size_t, const BackwardShard&, UserBuffers&, std::vector<DeviceBuffer>&) {});
 }
 
 const RingSchedule& RingAttention::schedule() const { return impl_->schedule; }

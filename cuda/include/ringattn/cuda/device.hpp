@@ -40,6 +40,23 @@ inline void check_cuda(int status, const char* what, const char* file, int line)
   if (status != 0) throw_cuda_error(status, what, file, line);
 }
 
+// ---- the current device ----------------------------------------------------------------------
+
+/// Restores the calling thread's current CUDA device when the scope ends (code that works on
+/// several devices sets each in turn and leaves the caller's choice as it found it).
+class DeviceGuard {
+ public:
+  /// Remembers the current device (cudaGetDevice); throws ringattn::Error if that fails.
+  DeviceGuard();
+  /// Sets the remembered device again (errors ignored: a destructor must not throw).
+  ~DeviceGuard();
+  DeviceGuard(const DeviceGuard&) = delete;             ///< one scope, one guard
+  DeviceGuard& operator=(const DeviceGuard&) = delete;  ///< one scope, one guard
+
+ private:
+  int saved_ = 0;
+};
+
 // ---- device memory ---------------------------------------------------------------------------
 
 /// An owning, move-only block of device memory (cudaMalloc / cudaFree). A buffer of 0 bytes
