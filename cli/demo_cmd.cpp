@@ -652,7 +652,7 @@ int run(const DemoArgs& a) {
 
   const bool ok = ref_ok && mpi != 0 && gpu != 0 && sim_ok;
   rep.both("\n## Where to go next\n\n"
-           "- `tutorials/`: eleven small programs from a naive softmax to a simulated 1M-token cluster "
+           "- `tutorials/`: twelve small programs from a naive softmax to a simulated 1M-token cluster "
            "(`build/bin/tutorial_01_softmax --step`).\n"
            "- `ringattn attention --help`: any path on your own .npy files; `mpirun -np N ringattn attention "
            "--impl mpi-ring` across machines.\n"

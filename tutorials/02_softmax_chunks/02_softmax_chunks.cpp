@@ -12,6 +12,7 @@
 //   09 mpi_ring           the ring over MPI (mpirun) and what overlap buys
 //   10 cuda_vs_reference  a CUDA kernel against the CPU reference (needs a GPU)
 //   11 simulator          1M tokens on 8 NVLink GPUs vs 32 over InfiniBand; choosing the block size
+//   12 ring_streams       the CUDA ring as stream operations and events; why each wait is needed
 //
 // What this one shows: a row too long for one piece (in ring attention: keys spread over many
 // GPUs) can be softmaxed chunk by chunk. Each chunk c looks only at its own logits and keeps two

@@ -12,6 +12,7 @@
 //   09 mpi_ring           the ring over MPI (mpirun) and what overlap buys
 //   10 cuda_vs_reference  a CUDA kernel against the CPU reference (needs a GPU)
 //   11 simulator          1M tokens on 8 NVLink GPUs vs 32 over InfiniBand; choosing the block size
+//   12 ring_streams       the CUDA ring as stream operations and events; why each wait is needed
 //
 // What this one shows: S = 16 tokens over N = 4 virtual ranks (contiguous, one head, D = 4,
 // double, not causal), a loss L = sum(dO * O) with a fixed random dO, and its gradients computed

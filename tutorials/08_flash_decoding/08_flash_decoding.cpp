@@ -12,6 +12,7 @@
 //   09 mpi_ring           the ring over MPI (mpirun) and what overlap buys
 //   10 cuda_vs_reference  a CUDA kernel against the CPU reference (needs a GPU)
 //   11 simulator          1M tokens on 8 NVLink GPUs vs 32 over InfiniBand; choosing the block size
+//   12 ring_streams       the CUDA ring as stream operations and events; why each wait is needed
 //
 // What this one shows: decoding generates one token at a time, so attention has one query row
 // against a cache of S_kv keys (here 4096, D = 8, one head, double, with one "needle" key the

@@ -12,6 +12,7 @@
 //   09 mpi_ring           the ring over MPI (mpirun) and what overlap buys
 //   10 cuda_vs_reference  a CUDA kernel against the CPU reference (needs a GPU)
 //   11 simulator          1M tokens on 8 NVLink GPUs vs 32 over InfiniBand; choosing the block size
+//   12 ring_streams       the CUDA ring as stream operations and events; why each wait is needed
 //
 // What this one shows: tutorials 05 and 07 ran N virtual ranks inside one process. Here every
 // rank is a process of its own, started by mpirun, holding only its shard of Q, K and V (zigzag
