@@ -36,6 +36,7 @@
 #include "commands.hpp"
 #ifdef RINGATTN_HAVE_CUDA_BUILD
 #include "cuda_cmd.hpp"
+#include "cuda_ring_cmd.hpp"
 #include "ringattn/cuda/attention.hpp"
 #endif
 #include "ringattn/core/cost.hpp"
@@ -436,7 +437,8 @@ int cuda_section(const DemoArgs& a, const Inputs& in, const ref::ForwardResult<d
   std::string why;
   if (cuda::device_count(&why) == 0) {
     rep.both("Not run: no CUDA device (" + why + "). On a GPU machine this section runs the CUDA kernels "
-             "on the inputs of section 1; `tutorials/10_cuda_vs_reference` and `scripts/gpu-check.sh` check them.\n");
+             "and the CUDA ring (virtual ranks) on the inputs of section 1; `tutorials/10_cuda_vs_reference` and "
+             "`scripts/gpu-check.sh` check them.\n");
     return -1;
   }
   // The causal forward and backward on the inputs of section 1, in float32 (tolerance of float32
@@ -462,8 +464,29 @@ int cuda_section(const DemoArgs& a, const Inputs& in, const ref::ForwardResult<d
     rep.out(fmt("  %-34s %12.2e %12.2e\n", name.c_str(), e, rel));
     rep.md(fmt("| %s | %.2e | %.2e |\n", name.c_str(), e, rel));
   }
-  (void)a;
-  rep.both(fmt("\nThe CUDA kernels agree with naive attention (relative error <= 1e-5 in fp32, <= 3e-2 in bf16): %s\n",
+  // The CUDA ring: the same inputs on a.ranks virtual ranks (zigzag, causal), forward and backward.
+  for (const char* dtype : {"fp32", "bf16"}) {
+    CudaRingOptions o;
+    o.dtype = dtype;
+    o.causal = true;
+    o.layout = "zigzag";
+    o.ranks = a.ranks;
+    const CudaAttentionResult<double> r = cuda_ring_attention(in.q, in.k, in.v, &in.dout, o);
+    double e = 0, rel = 0;
+    for (auto [x, y] : {std::pair{&r.fwd.out, &want.out}, {&r.fwd.lse, &want.lse}, {&r.grads->dq, &want_g.dq},
+                        {&r.grads->dk, &want_g.dk}, {&r.grads->dv, &want_g.dv}}) {
+      const auto [ee, rr] = errors(*x, *y);
+      e = std::max(e, ee);
+      rel = std::max(rel, rr);
+    }
+    const bool pass = std::string(dtype) == "fp32" ? rel <= 1e-5 : rel <= 3e-2;
+    ok = ok && pass;
+    const std::string name = fmt("cuda-ring %s, %d ranks, zigzag", dtype, a.ranks) + (pass ? "" : " FAILED");
+    rep.out(fmt("  %-34s %12.2e %12.2e\n", name.c_str(), e, rel));
+    rep.md(fmt("| %s | %.2e | %.2e |\n", name.c_str(), e, rel));
+  }
+  rep.both(fmt("\nThe CUDA kernels and the CUDA ring agree with naive attention (relative error <= 1e-5 in fp32, "
+               "<= 3e-2 in bf16): %s\n",
                ok ? "yes" : "NO"));
   return ok ? 1 : 0;
 #endif
