@@ -51,6 +51,7 @@
 #include <nlohmann/json.hpp>
 
 #include "bench_cuda_util.hpp"
+#include "bench_harness.hpp"
 #include "ringattn/cuda/attention.hpp"
 
 namespace {
@@ -60,52 +61,10 @@ namespace rc = ringattn::cuda;
 namespace bc = ringattn::bench_cuda;
 using Clock = std::chrono::steady_clock;
 
-void check_cuda(cudaError_t err, const char* what) {
-  if (err != cudaSuccess) {
-    throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(err));
-  }
-}
-
-/// A device allocation freed on scope exit.
-class DeviceBuffer {
- public:
-  DeviceBuffer() = default;
-  explicit DeviceBuffer(std::size_t bytes) : bytes_(bytes) {
-    check_cuda(cudaMalloc(&ptr_, bytes), "cudaMalloc");
-  }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  DeviceBuffer(DeviceBuffer&& o) noexcept : ptr_(std::exchange(o.ptr_, nullptr)), bytes_(o.bytes_) {}
-  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
-    if (this != &o) {
-      release();
-      ptr_ = std::exchange(o.ptr_, nullptr);
-      bytes_ = o.bytes_;
-    }
-    return *this;
-  }
-  ~DeviceBuffer() { release(); }
-  [[nodiscard]] void* get() const { return ptr_; }
-  [[nodiscard]] float* f32() const { return static_cast<float*>(ptr_); }
-  [[nodiscard]] std::size_t bytes() const { return bytes_; }
-
- private:
-  void release() {
-    if (ptr_ != nullptr) cudaFree(ptr_);
-    ptr_ = nullptr;
-  }
-  void* ptr_ = nullptr;
-  std::size_t bytes_ = 0;
-};
-
-bc::Elem elem_of(rc::DType d) {
-  switch (d) {
-    case rc::DType::F32: return bc::Elem::F32;
-    case rc::DType::F16: return bc::Elem::F16;
-    case rc::DType::BF16: return bc::Elem::BF16;
-  }
-  return bc::Elem::F32;
-}
+using bc::check_cuda;
+using bc::elem_of;
+using bc::Timing;
+using DeviceBuffer = bc::DeviceBuffer<>;
 
 std::size_t bytes_of(rc::DType d, std::int64_t n) { return rc::element_bytes(d) * static_cast<std::size_t>(n); }
 
@@ -349,11 +308,6 @@ double rel_error(const bc::Diff& d) {
 
 // ---- timing ---------------------------------------------------------------------------------------
 
-struct Timing {
-  double median_ms = 0, min_ms = 0, max_ms = 0;
-  int reps = 0;
-};
-
 /// Times @p fn with CUDA events on @p stream: warm-up, then repetitions until about
 /// opt.target_ms of work (at least min_reps, at most max_reps; 3 for calls over 100 ms), median.
 /// A zero median is not data: the run is repeated with 4x the repetitions, twice at most.
@@ -375,8 +329,7 @@ Timing time_calls(const std::function<void()>& fn, cudaStream_t stream, const Op
   if (est > 100.0f) {
     reps = std::min(opt.min_reps, 3);
   } else if (est > 0.0f) {
-    reps = std::clamp(static_cast<int>(std::ceil(opt.target_ms / static_cast<double>(est))), opt.min_reps,
-                      std::max(opt.min_reps, opt.max_reps));
+    reps = bc::reps_for_target(static_cast<double>(est), opt.target_ms, opt.min_reps, opt.max_reps);
   }
   Timing t;
   for (int attempt = 0; attempt < 3; ++attempt, reps *= 4) {
@@ -396,12 +349,7 @@ Timing time_calls(const std::function<void()>& fn, cudaStream_t stream, const Op
       ms.push_back(static_cast<double>(x));
     }
     for (auto& e : ev) cudaEventDestroy(e);
-    std::sort(ms.begin(), ms.end());
-    const std::size_t n = ms.size();
-    t.median_ms = n % 2 == 1 ? ms[n / 2] : 0.5 * (ms[n / 2 - 1] + ms[n / 2]);
-    t.min_ms = ms.front();
-    t.max_ms = ms.back();
-    t.reps = reps;
+    t = bc::timing_of(std::move(ms));
     if (t.median_ms > 0) break;
   }
   return t;
@@ -448,24 +396,19 @@ void print_row(const Row& r) {
   std::string check;
   if (!r.ref_kernel.empty()) check += r.ref_kernel + " " + fmt_err(r.ref_rel) + " ";
   check += "cpu " + fmt_err(r.cpu_rel);
-  char ms[32] = "-", tf[32] = "-", reps[16] = "-";
-  if (r.timing) {
-    std::snprintf(ms, sizeof ms, "%.4f", r.timing->median_ms);
-    std::snprintf(tf, sizeof tf, "%.1f", tflops(r));
-    std::snprintf(reps, sizeof reps, "%d", r.timing->reps);
-  }
+  const bc::TimingCells cells = bc::timing_cells(r.timing, "%.4f", tflops(r));
   std::string status = r.status;
   if (r.ref_only) status += " (reference only)";
   if (!r.reason.empty()) status += ": " + r.reason;
   std::printf("%-4s %4lld %6lld %3lld %3lld %-6s %-12s %10s %9s %5s  %-28s %s\n", r.dir.c_str(),
               static_cast<long long>(r.head_dim), static_cast<long long>(r.seq), static_cast<long long>(r.batch),
-              static_cast<long long>(r.heads), r.causal ? "yes" : "no", r.kernel.c_str(), ms, tf, reps, check.c_str(),
+              static_cast<long long>(r.heads), r.causal ? "yes" : "no", r.kernel.c_str(), cells.ms, cells.tf, cells.reps, check.c_str(),
               status.c_str());
   std::fflush(stdout);
 }
 
 nlohmann::json to_json(const Row& r) {
-  auto num = [](double x) { return std::isfinite(x) ? nlohmann::json(x) : nlohmann::json(nullptr); };
+  const auto num = bc::json_num;
   nlohmann::json j{{"dir", r.dir},           {"dtype", r.dtype},       {"head_dim", r.head_dim},
                    {"seq", r.seq},           {"batch", r.batch},       {"heads", r.heads},
                    {"causal", r.causal},     {"kernel", r.kernel},     {"status", r.status},
@@ -473,16 +416,7 @@ nlohmann::json to_json(const Row& r) {
                    {"ref_rel_err", num(r.ref_rel)}, {"ref_max_abs", num(r.ref_max_abs)},
                    {"cpu_rel_err", num(r.cpu_rel)}, {"lse_max_abs", num(r.lse_max_abs)},
                    {"reference_only", r.ref_only}};
-  if (r.timing) {
-    j["ms"] = r.timing->median_ms;
-    j["ms_min"] = r.timing->min_ms;
-    j["ms_max"] = r.timing->max_ms;
-    j["reps"] = r.timing->reps;
-    j["tflops"] = tflops(r);
-  } else {
-    j["ms"] = nullptr;
-    j["tflops"] = nullptr;
-  }
+  bc::put_timing(j, r.timing, tflops(r));
   return j;
 }
 
@@ -490,9 +424,7 @@ nlohmann::json to_json(const Row& r) {
 
 class Bench {
  public:
-  explicit Bench(Options opt) : opt_(std::move(opt)) {
-    check_cuda(cudaSetDevice(opt_.device), "cudaSetDevice");
-    check_cuda(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
+  explicit Bench(Options opt) : opt_(std::move(opt)), stream_(opt_.device) {
     dtype_ = rc::parse_dtype(opt_.dtype_name);
     for (const auto& name : opt_.kernel_names) kernels_.push_back(rc::parse_kernel(name));
     // Slowest first: each kernel is checked against the slowest one before it.
@@ -506,10 +438,7 @@ class Bench {
       return 4;
     };
     std::stable_sort(kernels_.begin(), kernels_.end(), [&](rc::Kernel a, rc::Kernel b) { return rank(a) < rank(b); });
-    rng_.seed(opt_.seed != 0 ? opt_.seed : static_cast<std::uint64_t>(Clock::now().time_since_epoch().count()));
-  }
-  ~Bench() {
-    if (stream_ != nullptr) cudaStreamDestroy(stream_);
+    rng_.seed(bc::seed_or_clock(opt_.seed));
   }
   Bench(const Bench&) = delete;
   Bench& operator=(const Bench&) = delete;
@@ -530,9 +459,7 @@ class Bench {
     dout_ = DeviceBuffer(bytes_of(dtype_, nq));
     scratch_ = DeviceBuffer(sizeof(float) * static_cast<std::size_t>(std::max(nq, nkv)));
     const std::uint64_t seed = rng_();
-    bc::fill_normal(q_.get(), el, nq, seed + 1, stream_);
-    bc::fill_normal(k_.get(), el, nkv, seed + 2, stream_);
-    bc::fill_normal(v_.get(), el, nkv, seed + 3, stream_);
+    bc::fill_qkv(q_.get(), k_.get(), v_.get(), el, nq, nkv, seed, stream_);
     bc::fill_normal(dout_.get(), el, nq, seed + 4, stream_);
 
     host_ = HostCase{};
@@ -545,10 +472,8 @@ class Bench {
 
     ref_o_ = DeviceBuffer();
     ref_lse_ = DeviceBuffer();
-    const bool want_fwd = std::find(opt_.dirs.begin(), opt_.dirs.end(), "fwd") != opt_.dirs.end();
-    const bool want_bwd = std::find(opt_.dirs.begin(), opt_.dirs.end(), "bwd") != opt_.dirs.end();
-    if (want_fwd) run_forward_rows(nl);
-    if (want_bwd) run_backward_rows(nq, nkv, nl);
+    if (bc::has_dir(opt_.dirs, "fwd")) run_forward_rows(nl);
+    if (bc::has_dir(opt_.dirs, "bwd")) run_backward_rows(nq, nkv, nl);
     check_cuda(cudaStreamSynchronize(stream_), "end of case");
   }
 
@@ -576,17 +501,7 @@ class Bench {
   }
 
   rc::ForwardArgs fwd_args(void* out, rc::DType out_dtype, float* lse) const {
-    rc::ForwardArgs a;
-    a.shape = shape_;
-    a.dtype = dtype_;
-    a.q = q_.get();
-    a.k = k_.get();
-    a.v = v_.get();
-    a.out = out;
-    a.out_dtype = out_dtype;
-    a.lse = lse;
-    a.mask.causal = causal_;
-    return a;
+    return bc::forward_args(shape_, dtype_, q_.get(), k_.get(), v_.get(), out, out_dtype, lse, causal_);
   }
 
   void emit(Row r) {
@@ -635,8 +550,7 @@ class Bench {
                                              bc::Elem::F32, nl, stream_);
         if (all.bad_out > 0 || all_lse.bad_out > 0) {
           ok = false;
-          reason = std::to_string(all.bad_out) + " O and " + std::to_string(all_lse.bad_out) +
-                   " LSE elements NaN/inf or unwritten (first O index " + std::to_string(all.first_bad_out) + ")";
+          reason = bc::unwritten_o_lse(all, all_lse) + " (first O index " + std::to_string(all.first_bad_out) + ")";
         }
         if (!ref_name.empty()) {
           row.ref_kernel = ref_name;
@@ -705,7 +619,7 @@ class Bench {
         row.timing.reset();
       }
       emit(std::move(row));
-      fatal_if_sticky();
+      bc::throw_if_context_lost();
     }
   }
 
@@ -770,22 +684,9 @@ class Bench {
       if (!timed(k) && !(may_be_ref(k) && ref_name.empty())) continue;
       Row row = base_row("bwd", k);
       row.ref_only = !timed(k);
-      rc::BackwardArgs args;
-      args.shape = shape_;
-      args.dtype = dtype_;
-      args.q = q_.get();
-      args.k = k_.get();
-      args.v = v_.get();
-      args.out = o_in.get();
-      args.dout = dout_.get();
-      args.lse = lse_in.f32();
-      args.delta = delta.f32();
-      args.compute_delta = true;
-      args.dq = dq.f32();
-      args.dk = dk.f32();
-      args.dv = dv.f32();
-      args.accumulate = false;
-      args.mask.causal = causal_;
+      const rc::BackwardArgs args =
+          bc::backward_args(shape_, dtype_, q_.get(), k_.get(), v_.get(), o_in.get(), dout_.get(), lse_in.f32(),
+                            delta.f32(), dq.f32(), dk.f32(), dv.f32(), causal_);
       try {
         bc::fill_nan(dq.get(), bc::Elem::F32, nq, stream_);
         bc::fill_nan(dk.get(), bc::Elem::F32, nkv, stream_);
@@ -814,8 +715,7 @@ class Bench {
         const bc::Diff ddv = bc::compare(dv.get(), bc::Elem::F32, have_ref ? ref_dv.get() : nullptr, bc::Elem::F32, nkv, stream_);
         if (ddq.bad_out + ddk.bad_out + ddv.bad_out > 0) {
           ok = false;
-          reason = "NaN/inf or unwritten elements: dQ " + std::to_string(ddq.bad_out) + ", dK " +
-                   std::to_string(ddk.bad_out) + ", dV " + std::to_string(ddv.bad_out);
+          reason = bc::unwritten_grads(ddq, ddk, ddv);
         }
         if (have_ref) {
           row.ref_kernel = ref_name;
@@ -845,7 +745,7 @@ class Bench {
           row.status = "FAILED";
           row.reason = reason;
           emit(std::move(row));
-          fatal_if_sticky();
+          bc::throw_if_context_lost();
           continue;
         }
         if (!have_ref && may_be_ref(k)) {
@@ -873,16 +773,7 @@ class Bench {
         row.timing.reset();
       }
       emit(std::move(row));
-      fatal_if_sticky();
-    }
-  }
-
-  // A kernel fault (illegal address, ...) poisons the context: every later call would fail too.
-  void fatal_if_sticky() {
-    const cudaError_t err = cudaDeviceSynchronize();
-    if (err != cudaSuccess) {
-      throw std::runtime_error(std::string("CUDA context lost (") + cudaGetErrorString(err) +
-                               "): later cases cannot run");
+      bc::throw_if_context_lost();
     }
   }
 
@@ -891,7 +782,7 @@ class Bench {
 
  private:
   Options opt_;
-  cudaStream_t stream_ = nullptr;
+  bc::DeviceStream stream_;
   rc::DType dtype_ = rc::DType::BF16;
   std::vector<rc::Kernel> kernels_;
   std::mt19937_64 rng_;
@@ -902,21 +793,6 @@ class Bench {
   std::vector<Row> rows_;
   int failed_ = 0;
 };
-
-nlohmann::json device_json(int device) {
-  cudaDeviceProp prop{};
-  check_cuda(cudaGetDeviceProperties(&prop, device), "cudaGetDeviceProperties");
-  int runtime = 0, driver = 0;
-  cudaRuntimeGetVersion(&runtime);
-  cudaDriverGetVersion(&driver);
-  return {{"name", prop.name},
-          {"compute_capability", std::to_string(prop.major) + "." + std::to_string(prop.minor)},
-          {"multiprocessors", prop.multiProcessorCount},
-          {"memory_bytes", prop.totalGlobalMem},
-          {"l2_bytes", prop.l2CacheSize},
-          {"cuda_runtime", runtime},
-          {"cuda_driver", driver}};
-}
 
 void write_csv(const std::string& path, const std::vector<Row>& rows) {
   std::ofstream f(path);
@@ -976,11 +852,7 @@ int main(int argc, char** argv) {
     if (app.count("--warmup") == 0) opt.warmup = 1;
   }
 
-  std::string why;
-  if (rc::device_count(&why) == 0) {
-    std::printf("bench_attention_cuda: no CUDA device (%s)\nFAILED\n", why.c_str());
-    return 1;
-  }
+  if (!bc::have_device("bench_attention_cuda")) return 1;
   const auto t0 = Clock::now();
   nlohmann::json out;
   std::vector<Row> rows;
@@ -998,21 +870,11 @@ int main(int argc, char** argv) {
                       {"dtype", opt.dtype_name}, {"out_f32", opt.out_f32}, {"tol_fwd", opt.tol_fwd},
                       {"tol_bwd", opt.tol_bwd}, {"tol_lse", opt.tol_lse}, {"target_ms", opt.target_ms},
                       {"min_reps", opt.min_reps}, {"max_reps", opt.max_reps}, {"warmup", opt.warmup}};
-    if (!opt.json_path.empty()) {  // a whole file or none: written aside, then renamed
-      const std::string tmp = opt.json_path + ".tmp";
-      {
-        std::ofstream f(tmp);
-        f << out.dump(2) << '\n';
-        if (!f) throw std::runtime_error("cannot write " + tmp);
-      }
-      if (std::rename(tmp.c_str(), opt.json_path.c_str()) != 0) {
-        throw std::runtime_error("cannot rename " + tmp + " to " + opt.json_path);
-      }
-    }
+    if (!opt.json_path.empty()) bc::write_atomically(opt.json_path, out.dump(2) + "\n");
     if (!opt.csv_path.empty()) write_csv(opt.csv_path, rows);
   };
   try {
-    out["device"] = device_json(opt.device);
+    out["device"] = bc::device_json(opt.device, true);
     std::printf("device: %s (sm_%s, %d SMs); %s, B*S = %lld tokens, H*D = %lld; tolerances fwd %.0e bwd %.0e lse %.0e\n",
                 out["device"]["name"].get<std::string>().c_str(),
                 out["device"]["compute_capability"].get<std::string>().c_str(),
@@ -1020,9 +882,7 @@ int main(int argc, char** argv) {
                 static_cast<long long>(opt.head_dim_width), opt.tol_fwd, opt.tol_bwd, opt.tol_lse);
     print_header();
     Bench bench(opt);
-    std::vector<bool> masks;
-    if (opt.mask != "causal") masks.push_back(false);
-    if (opt.mask != "full") masks.push_back(true);
+    const std::vector<bool> masks = bc::masks_of(opt.mask);
     try {
       for (int D : opt.dims) {
         for (std::int64_t S : opt.seqs) {
@@ -1051,8 +911,5 @@ int main(int argc, char** argv) {
     std::printf("bench_attention_cuda: %s\n", e.what());
     return 1;
   }
-  if (!fatal.empty()) std::printf("fatal: %s\n", fatal.c_str());
-  std::printf("%zu rows (%d timed, %d failed) in %.0f s\n", rows.size(), timed, failed, secs);
-  std::printf("%s\n", ok ? "OK" : "FAILED");
-  return ok ? 0 : 1;
+  return bc::print_end(fatal, rows.size(), timed, failed, secs, ok);
 }

@@ -5,8 +5,9 @@
 /// all on device buffers.
 ///
 /// Plain C++17 with no project header and no CUDA header: device code in this project is C++17
-/// (nvcc via CMake 3.25), while the harness (bench_attention_cuda.cpp) is C++20 host code that
-/// includes the ringattn::cuda host API. Every function checks its CUDA calls and throws
+/// (nvcc via CMake 3.25), while the harnesses (bench_attention_cuda.cpp, bench_ring_cuda.cpp and
+/// their shared host pieces in bench_harness.hpp) are C++20 host code that includes the
+/// ringattn::cuda host API. Every function checks its CUDA calls and throws
 /// std::runtime_error with cudaGetErrorString's text.
 #pragma once
 

@@ -75,6 +75,7 @@
 #include <nlohmann/json.hpp>
 
 #include "bench_cuda_util.hpp"
+#include "bench_harness.hpp"
 #include "ringattn/core/error.hpp"
 #include "ringattn/core/layout.hpp"
 #include "ringattn/core/schedule.hpp"
@@ -96,66 +97,17 @@ constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
 
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
-/// A device allocation that failed for lack of memory (the longest-sequence search stops there).
-struct OutOfMemory : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
-
 bool is_oom_message(const std::string& what) {
   return what.find("out of memory") != std::string::npos || what.find("cudaErrorMemoryAllocation") != std::string::npos;
 }
 
-void check_cuda(cudaError_t err, const char* what) {
-  if (err != cudaSuccess) {
-    if (err == cudaErrorMemoryAllocation) {
-      (void)cudaGetLastError();
-      throw OutOfMemory(std::string(what) + ": " + cudaGetErrorString(err));
-    }
-    throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(err));
-  }
-}
-
-/// A device allocation freed on scope exit.
-class DeviceBuffer {
- public:
-  DeviceBuffer() = default;
-  explicit DeviceBuffer(std::size_t bytes) : bytes_(bytes) {
-    if (bytes > 0) check_cuda(cudaMalloc(&ptr_, bytes), "cudaMalloc");
-  }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  DeviceBuffer(DeviceBuffer&& o) noexcept : ptr_(std::exchange(o.ptr_, nullptr)), bytes_(std::exchange(o.bytes_, 0)) {}
-  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
-    if (this != &o) {
-      release();
-      ptr_ = std::exchange(o.ptr_, nullptr);
-      bytes_ = std::exchange(o.bytes_, 0);
-    }
-    return *this;
-  }
-  ~DeviceBuffer() { release(); }
-  [[nodiscard]] void* get() const { return ptr_; }
-  [[nodiscard]] float* f32() const { return static_cast<float*>(ptr_); }
-  [[nodiscard]] std::size_t bytes() const { return bytes_; }
-
- private:
-  void release() {
-    if (ptr_ != nullptr) cudaFree(ptr_);
-    ptr_ = nullptr;
-    bytes_ = 0;
-  }
-  void* ptr_ = nullptr;
-  std::size_t bytes_ = 0;
-};
-
-bc::Elem elem_of(rc::DType d) {
-  switch (d) {
-    case rc::DType::F32: return bc::Elem::F32;
-    case rc::DType::F16: return bc::Elem::F16;
-    case rc::DType::BF16: return bc::Elem::BF16;
-  }
-  return bc::Elem::F32;
-}
+// Every CUDA check here reports lack of memory as OutOfMemory (the longest-sequence search stops
+// there), device allocations included.
+using bc::OutOfMemory;
+void check_cuda(cudaError_t err, const char* what) { bc::check_cuda_oom(err, what); }
+using DeviceBuffer = bc::DeviceBuffer<bc::check_cuda_oom>;
+using bc::elem_of;
+using bc::Timing;
 
 std::size_t sz(std::int64_t n) { return static_cast<std::size_t>(n); }
 
@@ -208,11 +160,6 @@ struct Options {
 
 // ---- timing: wall clock around the call and its synchronization ---------------------------------
 
-struct Timing {
-  double median_ms = 0, min_ms = 0, max_ms = 0;
-  int reps = 0;
-};
-
 /// Warm-up calls (the first one also estimates the call's time), then repetitions for about
 /// opt.target_ms (at least min_reps, at most max_reps; calls over 1 s get min_reps), median.
 /// @p call must return only after its work has finished on the device.
@@ -225,7 +172,7 @@ Timing time_wall(const std::function<void()>& call, const Options& opt) {
   }
   int reps = opt.min_reps;
   if (est > 0 && est <= 1000.0) {
-    reps = std::clamp(static_cast<int>(std::ceil(opt.target_ms / est)), opt.min_reps, std::max(opt.min_reps, opt.max_reps));
+    reps = bc::reps_for_target(est, opt.target_ms, opt.min_reps, opt.max_reps);
   }
   std::vector<double> ms;
   for (int r = 0; r < reps; ++r) {
@@ -233,13 +180,7 @@ Timing time_wall(const std::function<void()>& call, const Options& opt) {
     call();
     ms.push_back(seconds_since(t0) * 1e3);
   }
-  std::sort(ms.begin(), ms.end());
-  Timing t;
-  const std::size_t n = ms.size();
-  t.median_ms = n % 2 == 1 ? ms[n / 2] : 0.5 * (ms[n / 2 - 1] + ms[n / 2]);
-  t.min_ms = ms.front();
-  t.max_ms = ms.back();
-  t.reps = reps;
+  const Timing t = bc::timing_of(std::move(ms));
   // No zeros as data: a call that returns before its work is done would time as (almost) 0.
   if (!(t.median_ms > 0)) throw std::runtime_error("zero median time after " + std::to_string(reps) + " repetitions");
   return t;
@@ -382,12 +323,7 @@ void print_header() {
 
 void print_row(const Row& r) {
   std::string check = r.check.empty() ? "-" : r.check + " " + fmt_err(r.rel_err);
-  char ms[32] = "-", tf[32] = "-", reps[16] = "-";
-  if (r.timing) {
-    std::snprintf(ms, sizeof ms, "%.3f", r.timing->median_ms);
-    std::snprintf(tf, sizeof tf, "%.1f", tflops(r));
-    std::snprintf(reps, sizeof reps, "%d", r.timing->reps);
-  }
+  const bc::TimingCells cells = bc::timing_cells(r.timing, "%.3f", tflops(r));
   std::string comp = "-", comm = "-", ovl = "-", ovl_any = "-", exposed = "-", imbal = "-";
   if (r.ovl) {
     comp = fmt(r.ovl->compute_ms, "%.2f");
@@ -402,31 +338,21 @@ void print_row(const Row& r) {
   std::printf("%-8s %-3s %4lld %7lld %-6s %-6s %-10s %2s %10s %7s %4s %8s %-16s %8s %8s %6s %6s %8s %6s  %s\n",
               r.section.c_str(), r.dir.c_str(), static_cast<long long>(r.head_dim), static_cast<long long>(r.seq),
               r.causal ? "yes" : "no", r.impl.c_str(), r.layout.c_str(),
-              r.ranks > 0 ? std::to_string(r.ranks).c_str() : "-", ms, tf, reps, fmt(r.overhead, "%.3f").c_str(),
+              r.ranks > 0 ? std::to_string(r.ranks).c_str() : "-", cells.ms, cells.tf, cells.reps, fmt(r.overhead, "%.3f").c_str(),
               check.c_str(), comp.c_str(), comm.c_str(), ovl.c_str(), ovl_any.c_str(), exposed.c_str(), imbal.c_str(),
               status.c_str());
   std::fflush(stdout);
 }
 
-nlohmann::json num(double x) { return std::isfinite(x) ? nlohmann::json(x) : nlohmann::json(nullptr); }
-
 nlohmann::json to_json(const Row& r) {
+  const auto num = bc::json_num;
   nlohmann::json j{{"section", r.section}, {"dir", r.dir},         {"dtype", r.dtype},         {"head_dim", r.head_dim},
                    {"seq", r.seq},         {"batch", r.batch},     {"heads_q", r.heads_q},     {"heads_kv", r.heads_kv},
                    {"causal", r.causal},   {"impl", r.impl},       {"layout", r.layout},       {"ranks", r.ranks},
                    {"status", r.status},   {"reason", r.reason},   {"flops", r.flops},         {"check", r.check},
                    {"rel_err", num(r.rel_err)}, {"lse_err", num(r.lse_err)}, {"overhead", num(r.overhead)},
                    {"work_imbalance", num(r.work_imbalance)}, {"plan_bytes_per_rank", num(r.plan_bytes_per_rank)}};
-  if (r.timing) {
-    j["ms"] = r.timing->median_ms;
-    j["ms_min"] = r.timing->min_ms;
-    j["ms_max"] = r.timing->max_ms;
-    j["reps"] = r.timing->reps;
-    j["tflops"] = num(tflops(r));
-  } else {
-    j["ms"] = nullptr;
-    j["tflops"] = nullptr;
-  }
+  bc::put_timing(j, r.timing, num(tflops(r)));
   if (r.ovl) {
     j["timeline"] = {{"span_ms", r.ovl->span_ms},          {"compute_ms_per_rank", r.ovl->compute_ms},
                      {"comm_ms_per_rank", r.ovl->comm_ms},  {"comm_overlap_same_rank", num(r.ovl->ovl_same)},
@@ -435,16 +361,6 @@ nlohmann::json to_json(const Row& r) {
                      {"busy_imbalance", num(r.ovl->busy_imbalance)}};
   }
   return j;
-}
-
-void write_atomically(const std::string& path, const std::string& text) {
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream f(tmp);
-    f << text;
-    if (!f) throw std::runtime_error("cannot write " + tmp);
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) throw std::runtime_error("cannot rename " + tmp + " to " + path);
 }
 
 /// The timeline as a Chrome trace (chrome://tracing, Perfetto): one process per rank, thread 0
@@ -643,15 +559,10 @@ struct LongestResult {
 
 class Bench {
  public:
-  explicit Bench(Options opt) : opt_(std::move(opt)) {
-    check_cuda(cudaSetDevice(opt_.device), "cudaSetDevice");
-    check_cuda(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
+  explicit Bench(Options opt) : opt_(std::move(opt)), stream_(opt_.device) {
     dtype_ = rc::parse_dtype(opt_.dtype_name);
     out_dtype_ = opt_.out_f32 ? rc::DType::F32 : dtype_;
-    rng_.seed(opt_.seed != 0 ? opt_.seed : static_cast<std::uint64_t>(Clock::now().time_since_epoch().count()));
-  }
-  ~Bench() {
-    if (stream_ != nullptr) cudaStreamDestroy(stream_);
+    rng_.seed(bc::seed_or_clock(opt_.seed));
   }
   Bench(const Bench&) = delete;
   Bench& operator=(const Bench&) = delete;
@@ -674,9 +585,7 @@ class Bench {
     k_ = DeviceBuffer(eb * sz(nkv));
     v_ = DeviceBuffer(eb * sz(nkv));
     const std::uint64_t seed = rng_();
-    bc::fill_normal(q_.get(), el, nq, seed + 1, stream_);
-    bc::fill_normal(k_.get(), el, nkv, seed + 2, stream_);
-    bc::fill_normal(v_.get(), el, nkv, seed + 3, stream_);
+    bc::fill_qkv(q_.get(), k_.get(), v_.get(), el, nq, nkv, seed, stream_);
     if (do_bwd) {
       dout_ = DeviceBuffer(eb * sz(nq));
       bc::fill_normal(dout_.get(), el, nq, seed + 4, stream_);
@@ -685,10 +594,7 @@ class Bench {
     lse_ = DeviceBuffer(sizeof(float) * sz(nl));
     workspace_ = DeviceBuffer(bc::oracle_workspace_bytes(static_cast<int>(D), 64));
     check_cuda(cudaStreamSynchronize(stream_), "inputs");
-    std::vector<bool> masks;
-    if (opt_.mask != "causal") masks.push_back(false);
-    if (opt_.mask != "full") masks.push_back(true);
-    for (bool causal : masks) {
+    for (bool causal : bc::masks_of(opt_.mask)) {
       causal_ = causal;
       const Layout main_layout = causal ? Layout::Zigzag : Layout::Contiguous;
       // Forward (also what the backward is given: the single kernel's O and LSE).
@@ -713,7 +619,7 @@ class Bench {
           backward_rows(main_layout);
         }
       }
-      sticky_check();
+      bc::throw_if_context_lost();
     }
     q_ = DeviceBuffer();
     k_ = DeviceBuffer();
@@ -799,7 +705,7 @@ class Bench {
         S *= 2;
       }
       longest_.push_back(res);
-      sticky_check();
+      bc::throw_if_context_lost();
     }
     // The ring's per-rank memory from its plan, and what N GPUs of this memory would hold.
     const int N = opt_.search_ranks;
@@ -858,26 +764,20 @@ class Bench {
     emit(std::move(r));
   }
 
-  // A kernel fault poisons the context: every later call would fail too.
-  static void sticky_check() {
-    const cudaError_t err = cudaDeviceSynchronize();
-    if (err != cudaSuccess) {
-      throw std::runtime_error(std::string("CUDA context lost (") + cudaGetErrorString(err) + "): later cases cannot run");
-    }
+  rc::ForwardArgs fwd_args() const {
+    return bc::forward_args(shape_, dtype_, q_.get(), k_.get(), v_.get(), o_.get(), out_dtype_, lse_.f32(), causal_);
   }
 
-  rc::ForwardArgs fwd_args() const {
-    rc::ForwardArgs a;
-    a.shape = shape_;
-    a.dtype = dtype_;
-    a.q = q_.get();
-    a.k = k_.get();
-    a.v = v_.get();
-    a.out = o_.get();
-    a.out_dtype = out_dtype_;
-    a.lse = lse_.f32();
-    a.mask.causal = causal_;
-    return a;
+  // time_wall() of a single-kernel call: @p launch, then the stream synchronized (@p what names
+  // a failure).
+  template <class Launch>
+  Timing time_single(const Launch& launch, const char* what) {
+    return time_wall(
+        [&] {
+          launch();
+          check_cuda(cudaStreamSynchronize(stream_), what);
+        },
+        opt_);
   }
 
   // The single kernel's forward: poisoned, run, checked (finite everywhere, float64 at sampled
@@ -896,8 +796,7 @@ class Bench {
       const bc::Diff d = bc::compare(o_.get(), elem_of(out_dtype_), nullptr, bc::Elem::F32, nq, stream_);
       const bc::Diff dl = bc::compare(lse_.get(), bc::Elem::F32, nullptr, bc::Elem::F32, nl, stream_);
       if (d.bad_out > 0 || dl.bad_out > 0) {
-        fail_row(row, std::to_string(d.bad_out) + " O and " + std::to_string(dl.bad_out) +
-                          " LSE elements NaN/inf or unwritten (first O index " + std::to_string(d.first_bad_out) + ")");
+        fail_row(row, bc::unwritten_o_lse(d, dl) + " (first O index " + std::to_string(d.first_bad_out) + ")");
         return rows_.back();
       }
       const SampleCheck c = sampled_check(shape_, causal_, dtype_, out_dtype_, whole(q_.get(), shape_.seq_q),
@@ -916,12 +815,7 @@ class Bench {
         row.status = "checked";
         return row;
       }
-      row.timing = time_wall(
-          [&] {
-            rc::forward(args, rc::Kernel::Auto, stream_);
-            check_cuda(cudaStreamSynchronize(stream_), "single forward");
-          },
-          opt_);
+      row.timing = time_single([&] { rc::forward(args, rc::Kernel::Auto, stream_); }, "single forward");
       single_fwd_ms_ = row.timing->median_ms;
       row.status = "OK";
       // The timed calls rewrote o_ and lse_ with the same values (the check above holds for them).
@@ -1034,62 +928,83 @@ class Bench {
   std::string trace_title_;
 
  private:
-  void ring_forward(const char* section, int N, Layout L, const Row& single) {
-    Row row = base_row(section, "fwd", "ring", std::string(ringattn::to_string(L)), N);
-    const std::int64_t nq_row = shape_.heads_q * shape_.head_dim;
+  // One ring row of the overhead or layout section: the schedule's and plan's figures, then, if
+  // the single kernel (the reference) passed (@p ref_ok), every rank's shards, its outputs
+  // poisoned by @p poison, one call checked by @p check (why it failed, or ""), the timed calls,
+  // the overhead against the single kernel's @p single_ms and the timeline run. @p shard_of gives
+  // a rank's RingShard, @p call runs the ring on all of them.
+  template <class RingShard, class ShardOf, class Poison, class Check, class Call>
+  void ring_row(Row row, Layout L, bool backward, bool ref_ok, double single_ms, const ShardOf& shard_of,
+                const Poison& poison, const Check& check, const Call& call) {
+    const int N = row.ranks;
     try {
       const ringattn::SequenceLayout lay(L, shape_.seq_q, N);
       const auto sch = ringattn::RingSchedule::for_shape(shape_, L, N, causal_);
       row.work_imbalance = work_imbalance(sch);
-      row.plan_bytes_per_rank = max_of(plan_bytes(rc::plan_forward(sch, shape_, plan_options(dtype_, out_dtype_, shape_.head_dim))));
-      if (single.status != "OK" && single.status != "checked") {
+      const rc::PlanOptions po = plan_options(dtype_, backward ? dtype_ : out_dtype_, shape_.head_dim);
+      row.plan_bytes_per_rank =
+          max_of(plan_bytes(backward ? rc::plan_backward(sch, shape_, po) : rc::plan_forward(sch, shape_, po)));
+      if (!ref_ok) {
         fail_row(row, "the single kernel (the reference) failed");
         return;
       }
-      RingSetup setup = make_shards(N, L, false);
-      std::vector<rc::ForwardShard> shards;
-      std::vector<const void*> outs, lses;
-      for (Shard& sh : setup.shards) {
-        shards.push_back({sh.q.get(), sh.k.get(), sh.v.get(), sh.o.get(), sh.lse.f32()});
-        outs.push_back(sh.o.get());
-        lses.push_back(sh.lse.get());
-      }
+      RingSetup setup = make_shards(N, L, backward);
+      std::vector<RingShard> shards;
+      for (const Shard& sh : setup.shards) shards.push_back(shard_of(sh));
       {
         rc::RingAttention ring(*setup.comm, ring_config(L, false));
-        for (Shard& sh : setup.shards) {
-          bc::fill_nan(sh.o.get(), elem_of(out_dtype_), shape_.batch * sh.len * nq_row, stream_);
-          bc::fill_nan(sh.lse.get(), bc::Elem::F32, shape_.batch * shape_.heads_q * sh.len, stream_);
-        }
+        for (const Shard& sh : setup.shards) poison(sh);
         check_cuda(cudaStreamSynchronize(stream_), "poison");
-        ring.forward(shards);
-        const bc::Diff d = compare_shards(outs, elem_of(out_dtype_), o_, lay, shape_.batch, nq_row);
-        const bc::Diff dl = compare_shards(lses, bc::Elem::F32, lse_, lay, shape_.batch * shape_.heads_q, 1);
-        row.check = "single";
-        row.rel_err = rel_error(d);
-        row.lse_err = dl.bad_out > 0 ? std::numeric_limits<double>::infinity() : dl.max_abs;
-        if (d.bad_out > 0 || dl.bad_out > 0) {
-          fail_row(row, std::to_string(d.bad_out) + " O and " + std::to_string(dl.bad_out) +
-                            " LSE elements NaN/inf or unwritten");
+        call(ring, shards);
+        if (const std::string why = check(row, lay, setup.shards); !why.empty()) {
+          fail_row(row, why);
           return;
         }
-        if (!(row.rel_err <= opt_.tol_fwd) || !(row.lse_err <= opt_.tol_lse)) {
-          fail_row(row, "differs from the single kernel: O rel err " + fmt_err(row.rel_err) + " (tol " +
-                            fmt_err(opt_.tol_fwd) + "), LSE max abs err " + fmt_err(row.lse_err) + " (tol " +
-                            fmt_err(opt_.tol_lse) + ")");
-          return;
-        }
-        row.timing = time_wall([&] { ring.forward(shards); }, opt_);
+        row.timing = time_wall([&] { call(ring, shards); }, opt_);
       }
-      if (std::isfinite(single_fwd_ms_) && single_fwd_ms_ > 0) row.overhead = row.timing->median_ms / single_fwd_ms_;
-      timeline_run(row, *setup.comm, L, shards,
-                   [](rc::RingAttention& r, const std::vector<rc::ForwardShard>& s) { r.forward(s); });
+      if (std::isfinite(single_ms) && single_ms > 0) row.overhead = row.timing->median_ms / single_ms;
+      timeline_run(row, *setup.comm, L, shards, call);
       row.status = "OK";
     } catch (const std::exception& e) {
       fail_row(row, e.what());
-      sticky_check();
+      bc::throw_if_context_lost();
       return;
     }
     emit(std::move(row));
+  }
+
+  // Device pointers of one buffer of every rank's shard.
+  static std::vector<const void*> pointers(const std::vector<Shard>& shards, DeviceBuffer Shard::*buffer) {
+    std::vector<const void*> p;
+    for (const Shard& sh : shards) p.push_back((sh.*buffer).get());
+    return p;
+  }
+
+  void ring_forward(const char* section, int N, Layout L, const Row& single) {
+    const std::int64_t nq_row = shape_.heads_q * shape_.head_dim;
+    ring_row<rc::ForwardShard>(
+        base_row(section, "fwd", "ring", std::string(ringattn::to_string(L)), N), L, false,
+        single.status == "OK" || single.status == "checked", single_fwd_ms_,
+        [](const Shard& sh) { return rc::ForwardShard{sh.q.get(), sh.k.get(), sh.v.get(), sh.o.get(), sh.lse.f32()}; },
+        [&](const Shard& sh) {
+          bc::fill_nan(sh.o.get(), elem_of(out_dtype_), shape_.batch * sh.len * nq_row, stream_);
+          bc::fill_nan(sh.lse.get(), bc::Elem::F32, shape_.batch * shape_.heads_q * sh.len, stream_);
+        },
+        [&](Row& row, const ringattn::SequenceLayout& lay, const std::vector<Shard>& shards) -> std::string {
+          const bc::Diff d = compare_shards(pointers(shards, &Shard::o), elem_of(out_dtype_), o_, lay, shape_.batch, nq_row);
+          const bc::Diff dl =
+              compare_shards(pointers(shards, &Shard::lse), bc::Elem::F32, lse_, lay, shape_.batch * shape_.heads_q, 1);
+          row.check = "single";
+          row.rel_err = rel_error(d);
+          row.lse_err = dl.bad_out > 0 ? std::numeric_limits<double>::infinity() : dl.max_abs;
+          if (d.bad_out > 0 || dl.bad_out > 0) return bc::unwritten_o_lse(d, dl);
+          if (!(row.rel_err <= opt_.tol_fwd) || !(row.lse_err <= opt_.tol_lse)) {
+            return "differs from the single kernel: O rel err " + fmt_err(row.rel_err) + " (tol " + fmt_err(opt_.tol_fwd) +
+                   "), LSE max abs err " + fmt_err(row.lse_err) + " (tol " + fmt_err(opt_.tol_lse) + ")";
+          }
+          return {};
+        },
+        [](rc::RingAttention& r, const std::vector<rc::ForwardShard>& s) { r.forward(s); });
   }
 
   void backward_rows(Layout L) {
@@ -1099,22 +1014,8 @@ class Bench {
     bc::convert(o_.get(), elem_of(out_dtype_), o_bwd_.get(), elem_of(dtype_), nq, stream_);
     DeviceBuffer dq(sizeof(float) * sz(nq)), dk(sizeof(float) * sz(nkv)), dv(sizeof(float) * sz(nkv));
     DeviceBuffer delta(sizeof(float) * sz(nl));
-    rc::BackwardArgs a;
-    a.shape = shape_;
-    a.dtype = dtype_;
-    a.q = q_.get();
-    a.k = k_.get();
-    a.v = v_.get();
-    a.out = o_bwd_.get();
-    a.dout = dout_.get();
-    a.lse = lse_.f32();
-    a.delta = delta.f32();
-    a.compute_delta = true;
-    a.dq = dq.f32();
-    a.dk = dk.f32();
-    a.dv = dv.f32();
-    a.accumulate = false;
-    a.mask.causal = causal_;
+    const rc::BackwardArgs a = bc::backward_args(shape_, dtype_, q_.get(), k_.get(), v_.get(), o_bwd_.get(), dout_.get(),
+                                                 lse_.f32(), delta.f32(), dq.f32(), dk.f32(), dv.f32(), causal_);
     Row single = base_row("overhead", "bwd", "single", "-", 0);
     double single_ms = kNaN;
     try {
@@ -1131,80 +1032,43 @@ class Bench {
       if (bad > 0) {
         fail_row(single, std::to_string(bad) + " dQ/dK/dV elements NaN/inf or unwritten");
       } else {
-        single.timing = time_wall(
-            [&] {
-              rc::backward(a, rc::Kernel::Auto, stream_);
-              check_cuda(cudaStreamSynchronize(stream_), "single backward");
-            },
-            opt_);
+        single.timing = time_single([&] { rc::backward(a, rc::Kernel::Auto, stream_); }, "single backward");
         single_ms = single.timing->median_ms;
         single.status = "OK";
         emit(single);
       }
     } catch (const std::exception& e) {
       fail_row(single, e.what());
-      sticky_check();
+      bc::throw_if_context_lost();
     }
-    const bool ref_ok = std::isfinite(single_ms);
     const std::int64_t nq_row = shape_.heads_q * shape_.head_dim, nkv_row = shape_.heads_kv * shape_.head_dim;
     for (int N : opt_.ranks) {
-      Row row = base_row("overhead", "bwd", "ring", std::string(ringattn::to_string(L)), N);
-      try {
-        const ringattn::SequenceLayout lay(L, shape_.seq_q, N);
-        const auto sch = ringattn::RingSchedule::for_shape(shape_, L, N, causal_);
-        row.work_imbalance = work_imbalance(sch);
-        row.plan_bytes_per_rank = max_of(plan_bytes(rc::plan_backward(sch, shape_, plan_options(dtype_, dtype_, shape_.head_dim))));
-        if (!ref_ok) {
-          fail_row(row, "the single kernel (the reference) failed");
-          continue;
-        }
-        RingSetup setup = make_shards(N, L, true);
-        std::vector<rc::BackwardShard> shards;
-        std::vector<const void*> dqs, dks, dvs;
-        for (Shard& sh : setup.shards) {
-          shards.push_back({sh.q.get(), sh.k.get(), sh.v.get(), sh.o_in.get(), sh.dout.get(), sh.lse_in.f32(),
-                            sh.dq.f32(), sh.dk.f32(), sh.dv.f32()});
-          dqs.push_back(sh.dq.get());
-          dks.push_back(sh.dk.get());
-          dvs.push_back(sh.dv.get());
-        }
-        {
-          rc::RingAttention ring(*setup.comm, ring_config(L, false));
-          for (Shard& sh : setup.shards) {
+      ring_row<rc::BackwardShard>(
+          base_row("overhead", "bwd", "ring", std::string(ringattn::to_string(L)), N), L, true, std::isfinite(single_ms),
+          single_ms,
+          [](const Shard& sh) {
+            return rc::BackwardShard{sh.q.get(),  sh.k.get(),  sh.v.get(),  sh.o_in.get(), sh.dout.get(),
+                                     sh.lse_in.f32(), sh.dq.f32(), sh.dk.f32(), sh.dv.f32()};
+          },
+          [&](const Shard& sh) {
             bc::fill_nan(sh.dq.get(), bc::Elem::F32, shape_.batch * sh.len * nq_row, stream_);
             bc::fill_nan(sh.dk.get(), bc::Elem::F32, shape_.batch * sh.len * nkv_row, stream_);
             bc::fill_nan(sh.dv.get(), bc::Elem::F32, shape_.batch * sh.len * nkv_row, stream_);
-          }
-          check_cuda(cudaStreamSynchronize(stream_), "poison");
-          ring.backward(shards);
-          const bc::Diff ddq = compare_shards(dqs, bc::Elem::F32, dq, lay, shape_.batch, nq_row);
-          const bc::Diff ddk = compare_shards(dks, bc::Elem::F32, dk, lay, shape_.batch, nkv_row);
-          const bc::Diff ddv = compare_shards(dvs, bc::Elem::F32, dv, lay, shape_.batch, nkv_row);
-          row.check = "single";
-          row.rel_err = std::max({rel_error(ddq), rel_error(ddk), rel_error(ddv)});
-          if (ddq.bad_out + ddk.bad_out + ddv.bad_out > 0) {
-            fail_row(row, "NaN/inf or unwritten elements: dQ " + std::to_string(ddq.bad_out) + ", dK " +
-                              std::to_string(ddk.bad_out) + ", dV " + std::to_string(ddv.bad_out));
-            continue;
-          }
-          if (!(row.rel_err <= opt_.tol_bwd)) {
-            fail_row(row, "differs from the single kernel: rel err dQ " + fmt_err(rel_error(ddq)) + " dK " +
-                              fmt_err(rel_error(ddk)) + " dV " + fmt_err(rel_error(ddv)) + " (tol " +
-                              fmt_err(opt_.tol_bwd) + ")");
-            continue;
-          }
-          row.timing = time_wall([&] { ring.backward(shards); }, opt_);
-        }
-        row.overhead = row.timing->median_ms / single_ms;
-        timeline_run(row, *setup.comm, L, shards,
-                     [](rc::RingAttention& r, const std::vector<rc::BackwardShard>& s) { r.backward(s); });
-        row.status = "OK";
-      } catch (const std::exception& e) {
-        fail_row(row, e.what());
-        sticky_check();
-        continue;
-      }
-      emit(std::move(row));
+          },
+          [&](Row& row, const ringattn::SequenceLayout& lay, const std::vector<Shard>& shards) -> std::string {
+            const bc::Diff ddq = compare_shards(pointers(shards, &Shard::dq), bc::Elem::F32, dq, lay, shape_.batch, nq_row);
+            const bc::Diff ddk = compare_shards(pointers(shards, &Shard::dk), bc::Elem::F32, dk, lay, shape_.batch, nkv_row);
+            const bc::Diff ddv = compare_shards(pointers(shards, &Shard::dv), bc::Elem::F32, dv, lay, shape_.batch, nkv_row);
+            row.check = "single";
+            row.rel_err = std::max({rel_error(ddq), rel_error(ddk), rel_error(ddv)});
+            if (ddq.bad_out + ddk.bad_out + ddv.bad_out > 0) return bc::unwritten_grads(ddq, ddk, ddv);
+            if (!(row.rel_err <= opt_.tol_bwd)) {
+              return "differs from the single kernel: rel err dQ " + fmt_err(rel_error(ddq)) + " dK " +
+                     fmt_err(rel_error(ddk)) + " dV " + fmt_err(rel_error(ddv)) + " (tol " + fmt_err(opt_.tol_bwd) + ")";
+            }
+            return {};
+          },
+          [](rc::RingAttention& r, const std::vector<rc::BackwardShard>& s) { r.backward(s); });
     }
   }
 
@@ -1245,22 +1109,12 @@ class Bench {
       if (N == 0) {
         DeviceBuffer q(eb * sz(shape_.q_elements())), k(eb * sz(shape_.kv_elements())), v(eb * sz(shape_.kv_elements()));
         DeviceBuffer o(eb * sz(shape_.q_elements())), lse(4 * sz(shape_.lse_elements()));
-        bc::fill_normal(q.get(), el, shape_.q_elements(), seed + 1, stream_);
-        bc::fill_normal(k.get(), el, shape_.kv_elements(), seed + 2, stream_);
-        bc::fill_normal(v.get(), el, shape_.kv_elements(), seed + 3, stream_);
+        bc::fill_qkv(q.get(), k.get(), v.get(), el, shape_.q_elements(), shape_.kv_elements(), seed, stream_);
         bc::fill_nan(o.get(), el, shape_.q_elements(), stream_);
         bc::fill_nan(lse.get(), bc::Elem::F32, shape_.lse_elements(), stream_);
         check_cuda(cudaStreamSynchronize(stream_), "inputs");
-        rc::ForwardArgs a;
-        a.shape = shape_;
-        a.dtype = dtype_;
-        a.q = q.get();
-        a.k = k.get();
-        a.v = v.get();
-        a.out = o.get();
-        a.out_dtype = dtype_;
-        a.lse = lse.f32();
-        a.mask.causal = true;
+        const rc::ForwardArgs a =
+            bc::forward_args(shape_, dtype_, q.get(), k.get(), v.get(), o.get(), dtype_, lse.f32(), true);
         const auto t0 = Clock::now();
         rc::forward(a, rc::Kernel::Auto, stream_);
         check_cuda(cudaStreamSynchronize(stream_), "single forward");
@@ -1288,9 +1142,7 @@ class Bench {
           x.o = DeviceBuffer(eb * sz(B * x.len * rowq));
           x.lse = DeviceBuffer(4 * sz(B * H * x.len));
           const std::uint64_t rs = seed + 16 * static_cast<std::uint64_t>(r);
-          bc::fill_normal(x.q.get(), el, B * x.len * rowq, rs + 1, stream_);
-          bc::fill_normal(x.k.get(), el, B * x.len * rowkv, rs + 2, stream_);
-          bc::fill_normal(x.v.get(), el, B * x.len * rowkv, rs + 3, stream_);
+          bc::fill_qkv(x.q.get(), x.k.get(), x.v.get(), el, B * x.len * rowq, B * x.len * rowkv, rs, stream_);
           bc::fill_nan(x.o.get(), el, B * x.len * rowq, stream_);
           bc::fill_nan(x.lse.get(), bc::Elem::F32, B * H * x.len, stream_);
           shards.push_back({x.q.get(), x.k.get(), x.v.get(), x.o.get(), x.lse.f32()});
@@ -1301,11 +1153,7 @@ class Bench {
           ls.push_back(x.lse.get());
         }
         check_cuda(cudaStreamSynchronize(stream_), "inputs");
-        rc::RingConfig cfg;
-        cfg.shape = shape_;
-        cfg.layout = Layout::Zigzag;
-        cfg.causal = true;
-        cfg.dtype = dtype_;
+        rc::RingConfig cfg = ring_config(Layout::Zigzag, false);  // causal_ is set above
         cfg.out_dtype = dtype_;
         rc::RingAttention ring(comm, cfg);
         row.plan_bytes_per_rank = max_of(plan_bytes(ring.plan(false)));
@@ -1355,7 +1203,7 @@ class Bench {
   }
 
   Options opt_;
-  cudaStream_t stream_ = nullptr;
+  bc::DeviceStream stream_;
   rc::DType dtype_ = rc::DType::BF16, out_dtype_ = rc::DType::BF16;
   std::mt19937_64 rng_;
   AttentionShape shape_;
@@ -1367,20 +1215,6 @@ class Bench {
   nlohmann::json memory_ = nlohmann::json::object();
   int failed_ = 0;
 };
-
-nlohmann::json device_json(int device) {
-  cudaDeviceProp prop{};
-  check_cuda(cudaGetDeviceProperties(&prop, device), "cudaGetDeviceProperties");
-  int runtime = 0, driver = 0;
-  cudaRuntimeGetVersion(&runtime);
-  cudaDriverGetVersion(&driver);
-  return {{"name", prop.name},
-          {"compute_capability", std::to_string(prop.major) + "." + std::to_string(prop.minor)},
-          {"multiprocessors", prop.multiProcessorCount},
-          {"memory_bytes", prop.totalGlobalMem},
-          {"cuda_runtime", runtime},
-          {"cuda_driver", driver}};
-}
 
 void write_csv(const std::string& path, const std::vector<Row>& rows) {
   std::string text =
@@ -1409,7 +1243,7 @@ void write_csv(const std::string& path, const std::vector<Row>& rows) {
     }
     text += ',' + n(r.work_imbalance) + ',' + n(r.plan_bytes_per_rank) + ",\"" + reason + "\"\n";
   }
-  write_atomically(path, text);
+  bc::write_atomically(path, text);
 }
 
 /// The summary block: the key ratios, one "key: " line each, and whether the target was met.
@@ -1541,14 +1375,10 @@ int main(int argc, char** argv) {
     std::printf("bench_ring_cuda: --min-reps and --max-reps must be >= 1, --warmup >= 0\nFAILED\n");
     return 2;
   }
-  const bool want_fwd = std::find(opt.dirs.begin(), opt.dirs.end(), "fwd") != opt.dirs.end();
-  const bool want_bwd = std::find(opt.dirs.begin(), opt.dirs.end(), "bwd") != opt.dirs.end();
+  const bool want_fwd = bc::has_dir(opt.dirs, "fwd");
+  const bool want_bwd = bc::has_dir(opt.dirs, "bwd");
 
-  std::string why;
-  if (rc::device_count(&why) == 0) {
-    std::printf("bench_ring_cuda: no CUDA device (%s)\nFAILED\n", why.c_str());
-    return 1;
-  }
+  if (!bc::have_device("bench_ring_cuda")) return 1;
   const auto t0 = Clock::now();
   nlohmann::json out;
   std::string fatal;
@@ -1577,11 +1407,11 @@ int main(int argc, char** argv) {
                       {"target_ms", opt.target_ms}, {"min_reps", opt.min_reps},   {"max_reps", opt.max_reps},
                       {"warmup", opt.warmup},       {"overhead_target", opt.overhead_target},
                       {"max_seq_search_s", opt.max_seq_search_s}};
-    if (!opt.json_path.empty()) write_atomically(opt.json_path, out.dump(2) + "\n");
+    if (!opt.json_path.empty()) bc::write_atomically(opt.json_path, out.dump(2) + "\n");
     if (!opt.csv_path.empty() && bench) write_csv(opt.csv_path, bench->rows());
   };
   try {
-    out["device"] = device_json(opt.device);
+    out["device"] = bc::device_json(opt.device, false);
     std::printf("device: %s (sm_%s, %d SMs, %.1f GiB); %s, B = %lld, H_q = %lld, H_kv = %lld; tolerances fwd %.0e bwd %.0e "
                 "lse %.0e\n",
                 out["device"]["name"].get<std::string>().c_str(),
@@ -1638,7 +1468,7 @@ int main(int argc, char** argv) {
                   static_cast<long long>(largest), opt.trace_path.c_str());
     } else {
       try {
-        write_atomically(opt.trace_path, chrome_trace(bench->trace_, bench->trace_ranks_, bench->trace_title_));
+        bc::write_atomically(opt.trace_path, chrome_trace(bench->trace_, bench->trace_ranks_, bench->trace_title_));
         std::printf("trace: %s (%s)\n", opt.trace_path.c_str(), bench->trace_title_.c_str());
       } catch (const std::exception& e) {
         std::printf("trace: %s\n", e.what());
@@ -1662,9 +1492,5 @@ int main(int argc, char** argv) {
   std::printf("key: overhead target (N=%d, S >= %s, <= %.2f): %s%s\n", opt.target_ranks,
               fmt_tokens(opt.target_min_seq).c_str(), opt.overhead_target, summary.target_met ? "PASS" : "MISS",
               summary.target_met ? "" : (opt.strict_perf ? " (fails the run: --strict-perf)" : " (reported, not a failure)"));
-  if (!fatal.empty()) std::printf("fatal: %s\n", fatal.c_str());
-  std::printf("%zu rows (%d timed, %d failed) in %.0f s\n", bench ? bench->rows().size() : std::size_t{0}, timed, failed,
-              secs);
-  std::printf("%s\n", ok ? "OK" : "FAILED");
-  return ok ? 0 : 1;
+  return bc::print_end(fatal, bench ? bench->rows().size() : std::size_t{0}, timed, failed, secs, ok);
 }
