@@ -45,6 +45,7 @@ void mpi_agree(bool ok, const std::string& message) {
   char text[512] = {};
   if (rank == first) std::strncpy(text, message.c_str(), sizeof text - 1);
   MPI_Bcast(text, sizeof text, MPI_CHAR, first, MPI_COMM_WORLD);
+  if (std::strncmp(text, "rank ", 5) == 0) fail(text);  // it already names its rank
   fail("rank ", first, ": ", text);
 }
 #endif
