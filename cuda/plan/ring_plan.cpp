@@ -80,8 +80,8 @@ class Builder {
     for (int r = 0; r < n_; ++r) {
       gather_rows(r, "q", "q_sm", p_.shape.heads_q, ib_, s_.q_layout());
       pack_block(r);
-      fill(r, "o_acc", 0, q_elems(r), 0.0f, "O_acc = 0");
-      fill(r, "lse_acc", 0, lse_elems(r), -std::numeric_limits<float>::infinity(), "LSE_acc = -inf");
+      fill(r, o_acc(r), 0, q_elems(r), 0.0f, "O_acc = 0");
+      fill(r, lse_acc(r), 0, lse_elems(r), -std::numeric_limits<float>::infinity(), "LSE_acc = -inf");
       packed[to_size(r)] = record(r, PlanStream::Compute, -1, "own K/V packed");
     }
     std::vector<std::vector<int>> arrived(to_size(n_), std::vector<int>(to_size(n_), -1));
@@ -114,7 +114,7 @@ class Builder {
       gather_rows(r, "out", "out_sm", p_.shape.heads_q, ib_, s_.q_layout());
       gather_lse(r, "lse", "lse_sm", /*to_user=*/false);
       pack_block(r);
-      fill(r, "dq_acc", 0, q_elems(r), 0.0f, "dQ = 0");
+      fill(r, dq_acc(r), 0, q_elems(r), 0.0f, "dQ = 0");
       const std::int64_t own = s_.kv_layout().shard_length(r);
       fill(r, "dkv0", 0, to_size(2 * p_.shape.batch * own * p_.shape.heads_kv * p_.shape.head_dim), 0.0f,
            "dK/dV of the own block = 0");
@@ -195,6 +195,12 @@ class Builder {
     return {b, offset, bytes};
   }
   std::string kv_name(int step) const { return step % 2 == 0 ? "kv0" : "kv1"; }
+  // The running O, LSE and dQ live in the caller's buffers when those are already in the plan's
+  // (segment-major, float32) form: no extra memory, no copy at the end.
+  bool o_in_place(int r) const { return p_.output_bytes == 4 && rows_alias(s_.q_layout(), r); }
+  std::string o_acc(int r) const { return o_in_place(r) ? "out" : "o_acc"; }
+  std::string lse_acc(int r) const { return lse_alias(r) ? "lse" : "lse_acc"; }
+  std::string dq_acc(int r) const { return rows_alias(s_.q_layout(), r) ? "dq" : "dq_acc"; }
   std::string dkv_name(int step) const { return step % 2 == 0 ? "dkv0" : "dkv1"; }
 
   // Region of segment g's rows inside a segment-major (B, L, H, D) buffer (base offset bytes).
@@ -236,10 +242,15 @@ class Builder {
     declare_common(r);
     add_buffer(r, "out", q_elems(r) * to_size(p_.output_bytes), true);
     add_buffer(r, "lse", lse_elems(r) * 4, true);
-    add_buffer(r, "o_acc", q_elems(r) * 4, false);
-    add_buffer(r, "lse_acc", lse_elems(r) * 4, false);
-    add_buffer(r, "o_part", q_elems(r) * 4, false);
-    add_buffer(r, "lse_part", lse_elems(r) * 4, false);
+    if (!o_in_place(r)) add_buffer(r, "o_acc", q_elems(r) * 4, false);
+    if (!lse_alias(r)) add_buffer(r, "lse_acc", lse_elems(r) * 4, false);
+    // One pair's partial at a time: the kernels of a rank run in order on its compute stream, so
+    // the next pair's forward writes the partial only after the merge of the last one read it.
+    std::int64_t longest = 0;
+    for (const Segment& g : s_.q_layout().segments(r)) longest = std::max(longest, g.length);
+    const auto part_rows = to_size(p_.shape.batch * longest);
+    add_buffer(r, "o_part", part_rows * to_size(p_.shape.heads_q * p_.shape.head_dim) * 4, false);
+    add_buffer(r, "lse_part", part_rows * to_size(p_.shape.heads_q) * 4, false);
   }
   void declare_backward_buffers(int r) {
     declare_common(r);
@@ -256,7 +267,7 @@ class Builder {
     }
     if (!lse_alias(r)) add_buffer(r, "lse_sm", lse_elems(r) * 4, false);
     add_buffer(r, "delta", lse_elems(r) * 4, false);
-    add_buffer(r, "dq_acc", q_elems(r) * 4, false);
+    if (!alias) add_buffer(r, "dq_acc", q_elems(r) * 4, false);
     add_buffer(r, "dkv0", max_block_elems() * 4, false);
     if (n_ > 1) add_buffer(r, "dkv1", max_block_elems() * 4, false);
     if (n_ > 1) add_buffer(r, "dkv_scratch", max_block_elems() * 4, false);
@@ -374,14 +385,15 @@ class Builder {
     PlanOp f = op(OpKind::Forward, r, PlanStream::Compute, step, label.str());
     pair_operands(f, r, step, owner, pw);
     const Segment& qg = q_segment(r, pw.q_segment);
-    f.out = seg_rows(r, "o_part", 0, qg, p_.shape.heads_q, 4);
-    f.lse = seg_lse(r, "lse_part", qg);
+    const std::size_t rows = to_size(p_.shape.batch * qg.length);
+    f.out = region(r, "o_part", 0, rows * to_size(p_.shape.heads_q * p_.shape.head_dim) * 4);
+    f.lse = region(r, "lse_part", 0, rows * to_size(p_.shape.heads_q) * 4);
     PlanOp m = op(OpKind::Merge, r, PlanStream::Compute, step, "merge q" + std::to_string(pw.q_segment));
     m.shape = f.shape;
     m.out = f.out;
     m.lse = f.lse;
-    m.acc_out = seg_rows(r, "o_acc", 0, qg, p_.shape.heads_q, 4);
-    m.acc_lse = seg_lse(r, "lse_acc", qg);
+    m.acc_out = seg_rows(r, o_acc(r), 0, qg, p_.shape.heads_q, 4);
+    m.acc_lse = seg_lse(r, lse_acc(r), qg);
     push(std::move(f));
     push(std::move(m));
   }
@@ -407,7 +419,7 @@ class Builder {
     b.dout = seg_rows(r, sm(r, "dout", "dout_sm", alias), 0, qg, p_.shape.heads_q, ib_);
     b.lse = seg_lse(r, sm(r, "lse", "lse_sm", lse_alias(r)), qg);
     b.delta = seg_lse(r, "delta", qg);
-    b.dq = seg_rows(r, "dq_acc", 0, qg, p_.shape.heads_q, 4);
+    b.dq = seg_rows(r, dq_acc(r), 0, qg, p_.shape.heads_q, 4);
     b.dk = block_rows(r, target, owner, kg, 0, 4);
     b.dv = block_rows(r, target, owner, kg, 1, 4);
     push(std::move(b));
@@ -458,41 +470,35 @@ class Builder {
   }
   void finish_forward(int r) {
     const std::int64_t len = s_.q_layout().shard_length(r);
-    const bool alias = rows_alias(s_.q_layout(), r);
     const std::size_t row = to_size(p_.shape.heads_q * p_.shape.head_dim);
     const std::size_t b = to_size(p_.shape.batch);
     for (const Segment& g : s_.q_layout().segments(r)) {
+      if (o_in_place(r)) break;
       // O_acc (float32, segment-major) -> the caller's O (its type, its order)
       const std::size_t user_pitch = to_size(len) * row, sm_pitch = to_size(g.length) * row;
       const std::size_t ob = to_size(p_.output_bytes);
       const Region src = region(r, "o_acc", b * to_size(g.local_begin) * row * 4, b * sm_pitch * 4);
-      const std::size_t first = alias ? b * to_size(g.local_begin) * row : to_size(g.local_begin) * row;
-      const std::size_t dst_pitch = alias ? sm_pitch : user_pitch;
-      const Region dst = region(r, "out", first * ob, ((b - 1) * dst_pitch + sm_pitch) * ob);
+      const Region dst = region(r, "out", to_size(g.local_begin) * row * ob, ((b - 1) * user_pitch + sm_pitch) * ob);
       if (p_.output_bytes == 4) {
-        copy2d(r, -1, "O -> out", src, sm_pitch * 4, dst, dst_pitch * 4, sm_pitch * 4, b);
+        copy2d(r, -1, "O -> out", src, sm_pitch * 4, dst, user_pitch * 4, sm_pitch * 4, b);
       } else {
         PlanOp c = op(OpKind::Convert, r, PlanStream::Compute, -1, "O -> out (input type)");
         c.src = src;
         c.dst = dst;
         c.src_pitch = sm_pitch;
-        c.dst_pitch = dst_pitch;
+        c.dst_pitch = user_pitch;
         c.width = sm_pitch;
         c.rows = b;
         push(std::move(c));
       }
     }
-    if (lse_alias(r)) {
-      copy2d(r, -1, "LSE -> lse", region(r, "lse_acc", 0, lse_elems(r) * 4), lse_elems(r) * 4,
-             region(r, "lse", 0, lse_elems(r) * 4), lse_elems(r) * 4, lse_elems(r) * 4, 1);
-    } else {
-      gather_lse(r, "lse", "lse_acc", /*to_user=*/true);
-    }
+    gather_lse(r, "lse", "lse_acc", /*to_user=*/true);  // nothing to do when the LSE is in place
   }
   void finish_backward(int r, int dkv_home) {
     const std::int64_t q_len = s_.q_layout().shard_length(r);
     const std::int64_t k_len = s_.kv_layout().shard_length(r);
     for (const Segment& g : s_.q_layout().segments(r)) {
+      if (rows_alias(s_.q_layout(), r)) break;  // dQ accumulated in place
       rows_copy(r, "dq", "dq_acc", 0, g, p_.shape.heads_q, 4, q_len, true, "dQ -> dq");
     }
     if (n_ > 1) wait(r, PlanStream::Compute, dkv_home, -1, "dK/dV home");
