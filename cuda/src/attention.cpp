@@ -153,9 +153,30 @@ void tensor_core_backward_launch(const BwdLaunch&, cudaStream_t) {
 }
 #endif
 
-}  // namespace
-
 // ---- 1. validation and resolution -------------------------------------------------------------
+
+// What a forward and a backward launch share: sizes, dtype, the causal flag, the resolved global
+// positions (queries end-aligned, keys from 0 unless given) and the scale.
+template <class Launch>
+void resolve_geometry(Launch& a, const AttentionShape& s, DType dtype, const MaskArgs& mask, const char* who) {
+  a.batch = s.batch;
+  a.seq_q = s.seq_q;
+  a.seq_kv = s.seq_kv;
+  a.heads_q = s.heads_q;
+  a.heads_kv = s.heads_kv;
+  a.head_dim = s.head_dim;
+  a.dtype = dtype;
+  a.causal = mask.causal;
+  const Positions qp = resolve_positions(mask.q_pos, {s.causal_query_offset(), 1}, s.seq_q, who, "q_pos");
+  const Positions kp = resolve_positions(mask.k_pos, {0, 1}, s.seq_kv, who, "k_pos");
+  a.q_offset = qp.offset;
+  a.q_stride = qp.stride;
+  a.k_offset = kp.offset;
+  a.k_stride = kp.stride;
+  a.scale = resolve_scale(mask.scale, s.head_dim, who);
+}
+
+}  // namespace
 
 FwdLaunch resolve_forward(const ForwardArgs& args, const char* who) {
   require(valid(args.dtype), who, ": dtype is not a known dtype (", static_cast<int>(args.dtype), ")");
@@ -177,22 +198,8 @@ FwdLaunch resolve_forward(const ForwardArgs& args, const char* who) {
   a.v = args.v;
   a.out = args.out;
   a.lse = args.lse;
-  a.batch = s.batch;
-  a.seq_q = s.seq_q;
-  a.seq_kv = s.seq_kv;
-  a.heads_q = s.heads_q;
-  a.heads_kv = s.heads_kv;
-  a.head_dim = s.head_dim;
-  a.dtype = args.dtype;
   a.out_dtype = args.out_dtype;
-  a.causal = args.mask.causal;
-  const Positions qp = resolve_positions(args.mask.q_pos, {s.causal_query_offset(), 1}, s.seq_q, who, "q_pos");
-  const Positions kp = resolve_positions(args.mask.k_pos, {0, 1}, s.seq_kv, who, "k_pos");
-  a.q_offset = qp.offset;
-  a.q_stride = qp.stride;
-  a.k_offset = kp.offset;
-  a.k_stride = kp.stride;
-  a.scale = resolve_scale(args.mask.scale, s.head_dim, who);
+  resolve_geometry(a, s, args.dtype, args.mask, who);
   return a;
 }
 
@@ -226,21 +233,7 @@ BwdLaunch resolve_backward(const BackwardArgs& args) {
   a.dk = args.dk;
   a.dv = args.dv;
   a.accumulate = args.accumulate;
-  a.batch = s.batch;
-  a.seq_q = s.seq_q;
-  a.seq_kv = s.seq_kv;
-  a.heads_q = s.heads_q;
-  a.heads_kv = s.heads_kv;
-  a.head_dim = s.head_dim;
-  a.dtype = args.dtype;
-  a.causal = args.mask.causal;
-  const Positions qp = resolve_positions(args.mask.q_pos, {s.causal_query_offset(), 1}, s.seq_q, who, "q_pos");
-  const Positions kp = resolve_positions(args.mask.k_pos, {0, 1}, s.seq_kv, who, "k_pos");
-  a.q_offset = qp.offset;
-  a.q_stride = qp.stride;
-  a.k_offset = kp.offset;
-  a.k_stride = kp.stride;
-  a.scale = resolve_scale(args.mask.scale, s.head_dim, who);
+  resolve_geometry(a, s, args.dtype, args.mask, who);
   return a;
 }
 
