@@ -22,6 +22,32 @@ cuda::MaskArgs mask_of(const CudaOptions& o) {
   return m;
 }
 
+// Q, K, V uploaded in the compute dtype, float32 O and LSE on the device (the file gets the most
+// precise result the kernel has), and the forward's arguments over them.
+struct ForwardBuffers {
+  cuda::DeviceBuffer q, k, v, out, lse;
+  cuda::ForwardArgs args;
+
+  template <class T>
+  ForwardBuffers(const Tensor<T>& tq, const Tensor<T>& tk, const Tensor<T>& tv, const AttentionShape& shape,
+                 cuda::DType dtype, const CudaOptions& o)
+      : q(upload_tensor(tq, dtype)),
+        k(upload_tensor(tk, dtype)),
+        v(upload_tensor(tv, dtype)),
+        out(static_cast<std::size_t>(tq.size()) * sizeof(float)),
+        lse(static_cast<std::size_t>(shape.lse_elements()) * sizeof(float)) {
+    args.shape = shape;
+    args.dtype = dtype;
+    args.q = q.data();
+    args.k = k.data();
+    args.v = v.data();
+    args.out = out.data();
+    args.out_dtype = cuda::DType::F32;
+    args.lse = lse.as<float>();
+    args.mask = mask_of(o);
+  }
+};
+
 }  // namespace
 
 void require_cuda_device() {
@@ -37,30 +63,17 @@ CudaAttentionResult<T> cuda_attention(const Tensor<T>& q, const Tensor<T>& k, co
   const AttentionShape shape = ref::check_qkv(q, k, v);
   const std::vector<std::int64_t> lse_shape = {shape.batch, shape.heads_q, shape.seq_q};
 
-  const cuda::DeviceBuffer dq = upload_tensor(q, dtype), dk = upload_tensor(k, dtype), dv = upload_tensor(v, dtype);
-  // O in float32: the file gets the most precise result the kernel has.
-  const cuda::DeviceBuffer dout_o(static_cast<std::size_t>(q.size()) * sizeof(float));
-  const cuda::DeviceBuffer dlse(static_cast<std::size_t>(shape.lse_elements()) * sizeof(float));
-  cuda::ForwardArgs f;
-  f.shape = shape;
-  f.dtype = dtype;
-  f.q = dq.data();
-  f.k = dk.data();
-  f.v = dv.data();
-  f.out = dout_o.data();
-  f.out_dtype = cuda::DType::F32;
-  f.lse = dlse.as<float>();
-  f.mask = mask_of(o);
-  cuda::forward(f, kernel);
+  const ForwardBuffers fb(q, k, v, shape, dtype, o);
+  cuda::forward(fb.args, kernel);
 
   CudaAttentionResult<T> r;
-  r.fwd.out = download_f32<T>(dout_o, q.shape());  // synchronizes: a kernel fault surfaces here
-  r.fwd.lse = download_f32<T>(dlse, lse_shape);
+  r.fwd.out = download_f32<T>(fb.out, q.shape());  // synchronizes: a kernel fault surfaces here
+  r.fwd.lse = download_f32<T>(fb.lse, lse_shape);
   if (!dout) return r;
 
   // The backward reads O in the input dtype, as training keeps it: the float32 O rounded on the
   // host exactly as the kernel's store would round it.
-  const std::vector<float> o32 = cuda::download(cuda::DType::F32, dout_o.data(), static_cast<std::size_t>(q.size()));
+  const std::vector<float> o32 = cuda::download(cuda::DType::F32, fb.out.data(), static_cast<std::size_t>(q.size()));
   const cuda::DeviceBuffer d_o = cuda::upload(dtype, o32);
   const cuda::DeviceBuffer d_do = upload_tensor(*dout, dtype);
   const cuda::DeviceBuffer delta(static_cast<std::size_t>(shape.lse_elements()) * sizeof(float));
@@ -70,12 +83,12 @@ CudaAttentionResult<T> cuda_attention(const Tensor<T>& q, const Tensor<T>& k, co
   cuda::BackwardArgs b;
   b.shape = shape;
   b.dtype = dtype;
-  b.q = dq.data();
-  b.k = dk.data();
-  b.v = dv.data();
+  b.q = fb.q.data();
+  b.k = fb.k.data();
+  b.v = fb.v.data();
   b.out = d_o.data();
   b.dout = d_do.data();
-  b.lse = dlse.as<float>();
+  b.lse = fb.lse.as<float>();
   b.delta = delta.as<float>();
   b.dq = gq.as<float>();
   b.dk = gk.as<float>();
@@ -94,21 +107,9 @@ ref::ForwardResult<T> cuda_decode(const Tensor<T>& q, const Tensor<T>& k, const 
   require(splits >= 1 && splits <= INT_MAX, "--splits must be between 1 and ", INT_MAX, ", got ", splits);
   const int n = static_cast<int>(splits);
   const cuda::DeviceBuffer ws(cuda::decode_workspace_bytes(shape, n));
-  const cuda::DeviceBuffer dq = upload_tensor(q, dtype), dk = upload_tensor(k, dtype), dv = upload_tensor(v, dtype);
-  const cuda::DeviceBuffer dout_o(static_cast<std::size_t>(q.size()) * sizeof(float));
-  const cuda::DeviceBuffer dlse(static_cast<std::size_t>(shape.lse_elements()) * sizeof(float));
-  cuda::ForwardArgs f;
-  f.shape = shape;
-  f.dtype = dtype;
-  f.q = dq.data();
-  f.k = dk.data();
-  f.v = dv.data();
-  f.out = dout_o.data();
-  f.out_dtype = cuda::DType::F32;
-  f.lse = dlse.as<float>();
-  f.mask = mask_of(o);
-  cuda::decode(f, n, ws.data());
-  return {download_f32<T>(dout_o, q.shape()), download_f32<T>(dlse, {shape.batch, shape.heads_q, shape.seq_q})};
+  const ForwardBuffers fb(q, k, v, shape, dtype, o);
+  cuda::decode(fb.args, n, ws.data());
+  return {download_f32<T>(fb.out, q.shape()), download_f32<T>(fb.lse, {shape.batch, shape.heads_q, shape.seq_q})};
 }
 
 #define INSTANTIATE(T)                                                                                           \
