@@ -50,7 +50,7 @@ std::size_t to_size(std::int64_t v) { return static_cast<std::size_t>(v); }
 class Builder {
  public:
   Builder(const RingSchedule& schedule, const AttentionShape& shape, const PlanOptions& o, bool backward)
-      : s_(schedule), sh_(shape), n_(schedule.ranks()) {
+      : s_(schedule), n_(schedule.ranks()) {
     require(o.input_bytes == 2 || o.input_bytes == 4, "ring plan: input elements must be 2 or 4 bytes, got ",
             o.input_bytes);
     require(o.output_bytes == 4 || o.output_bytes == o.input_bytes,
@@ -186,8 +186,7 @@ class Builder {
     p_.buffers.push_back({r, std::move(name), bytes, user});
   }
   // The name of the buffer that holds the segment-major form of a user tensor.
-  std::string sm(int r, const std::string& user, const std::string& internal, bool alias) const {
-    (void)r;
+  static std::string sm(const std::string& user, const std::string& internal, bool alias) {
     return alias ? user : internal;
   }
   Region region(int r, const std::string& name, std::size_t offset, std::size_t bytes) const {
@@ -373,7 +372,7 @@ class Builder {
     o.q_pos = pw.q;
     o.k_pos = pw.k;
     o.causal = pw.mask != MaskClass::Full && p_.causal;
-    const std::string q_buf = sm(r, "q", "q_sm", rows_alias(s_.q_layout(), r));
+    const std::string q_buf = sm("q", "q_sm", rows_alias(s_.q_layout(), r));
     o.q = seg_rows(r, q_buf, 0, qg, p_.shape.heads_q, ib_);
     o.k = block_rows(r, kv_name(step), owner, kg, 0, ib_);
     o.v = block_rows(r, kv_name(step), owner, kg, 1, ib_);
@@ -401,8 +400,8 @@ class Builder {
     const bool alias = rows_alias(s_.q_layout(), r);
     PlanOp d = op(OpKind::Delta, r, PlanStream::Compute, -1, "D = rowsum(dO * O)");
     d.shape = {p_.shape.batch, g.length, g.length, p_.shape.heads_q, p_.shape.heads_kv, p_.shape.head_dim};
-    d.out = seg_rows(r, sm(r, "out", "out_sm", alias), 0, g, p_.shape.heads_q, ib_);
-    d.dout = seg_rows(r, sm(r, "dout", "dout_sm", alias), 0, g, p_.shape.heads_q, ib_);
+    d.out = seg_rows(r, sm("out", "out_sm", alias), 0, g, p_.shape.heads_q, ib_);
+    d.dout = seg_rows(r, sm("dout", "dout_sm", alias), 0, g, p_.shape.heads_q, ib_);
     d.delta = seg_lse(r, "delta", g);
     push(std::move(d));
   }
@@ -415,9 +414,9 @@ class Builder {
     const bool alias = rows_alias(s_.q_layout(), r);
     const Segment& qg = q_segment(r, pw.q_segment);
     const Segment& kg = kv_segment(owner, pw.kv_segment);
-    b.out = seg_rows(r, sm(r, "out", "out_sm", alias), 0, qg, p_.shape.heads_q, ib_);
-    b.dout = seg_rows(r, sm(r, "dout", "dout_sm", alias), 0, qg, p_.shape.heads_q, ib_);
-    b.lse = seg_lse(r, sm(r, "lse", "lse_sm", lse_alias(r)), qg);
+    b.out = seg_rows(r, sm("out", "out_sm", alias), 0, qg, p_.shape.heads_q, ib_);
+    b.dout = seg_rows(r, sm("dout", "dout_sm", alias), 0, qg, p_.shape.heads_q, ib_);
+    b.lse = seg_lse(r, sm("lse", "lse_sm", lse_alias(r)), qg);
     b.delta = seg_lse(r, "delta", qg);
     b.dq = seg_rows(r, dq_acc(r), 0, qg, p_.shape.heads_q, 4);
     b.dk = block_rows(r, target, owner, kg, 0, 4);
@@ -511,7 +510,6 @@ class Builder {
   }
 
   const RingSchedule& s_;
-  AttentionShape sh_;
   int n_;
   std::size_t ib_ = 2;
   RingPlan p_;
