@@ -585,7 +585,7 @@ TEST_F(CliTest, CompareCatchesAWrongRow) {
 // Sampled mode agrees with full mode: checking every row through the sampled path gives the same
 // errors for O, LSE and dQ (two independent float64 references of the same result); with fewer
 // rows the errors are those of a subset; dK/dV (checked given the implementation's LSE/O) agree
-// within float32 rounding of the reference.
+// within what the implementation's LSE/O errors move that reference.
 TEST_F(CliTest, CompareSampledAgreesWithFull) {
   const std::string base = "compare --impl ring --layout striped --ranks 3 --seq 47 --seq-kv 53 --heads 4 --heads-kv 2 "
                            "--head-dim 16 --causal --backward --block-q 8 --block-kv 8 --seed " +
@@ -604,9 +604,14 @@ TEST_F(CliTest, CompareSampledAgreesWithFull) {
     EXPECT_NEAR(a.at(name).second, f.at(name).second, 0.01 * f.at(name).second) << name;
     EXPECT_LE(s.at(name).first, f.at(name).first * 1.01) << name;
   }
+  // Sampled dK/dV are measured against a reference built from the implementation's own LSE and O,
+  // which differs from the float64 one by about their errors times the gradient's size: the two
+  // measurements may differ by that much (seen: up to 1.5x (LSE err + O err) over 800 seeds), and
+  // the subset's error is that of a subset of the same rows.
+  const double shift = 4.0 * (f.at("LSE").first + f.at("O").first);
   for (const char* name : {"dK", "dV"}) {
-    EXPECT_NEAR(a.at(name).first, f.at(name).first, 0.5 * f.at(name).first + 1e-7) << name;
-    EXPECT_LE(s.at(name).first, f.at(name).first * 1.5 + 1e-7) << name;
+    EXPECT_NEAR(a.at(name).first, f.at(name).first, f.at(name).first + shift) << name;
+    EXPECT_LE(s.at(name).first, a.at(name).first * 1.01) << name;
   }
 }
 
