@@ -41,7 +41,14 @@ void check_kernel_views(const SeqView<const T>& q, const SeqView<const T>& k, co
           " is not a multiple of H_kv=", k.heads);
   require(args.qpos.stride >= 1 && args.kpos.stride >= 1, "kernel: position strides must be >= 1");
   require(args.block_q >= 1 && args.block_kv >= 1, "kernel: block sizes must be >= 1");
-  require(std::isfinite(args.scale) && args.scale > 0, "kernel: scale must be finite and positive");
+  require(!args.scale || (std::isfinite(*args.scale) && *args.scale > 0),
+          "kernel: scale must be finite and positive");
+}
+
+// The kernel's scale: args.scale, or 1/sqrt(D) when it is not given.
+template <class T>
+T kernel_scale(const KernelArgs& args, std::int64_t head_dim) {
+  return static_cast<T>(args.scale ? *args.scale : 1.0 / std::sqrt(static_cast<double>(head_dim)));
 }
 
 template <class L, class T>
@@ -78,7 +85,7 @@ void block_forward(SeqView<const T> q, SeqView<const T> k, SeqView<const T> v, c
   check_lse_view(lse, q, "LSE");
   const std::int64_t Br = args.block_q, Bc = args.block_kv, D = q.dim;
   const std::int64_t group = q.heads / k.heads;
-  const T scale = static_cast<T>(args.scale);
+  const T scale = kernel_scale<T>(args, D);
   Mat<T> Qs(std::min(Br, q.seq), D), S(std::min(Br, q.seq), std::min(Bc, std::max<std::int64_t>(k.seq, 1)));
   Mat<T> O(std::min(Br, q.seq), D);
   Vec<T> m(Qs.rows()), l(Qs.rows()), m_safe(Qs.rows()), alpha(Qs.rows());
@@ -150,7 +157,7 @@ void block_backward(SeqView<const T> q, SeqView<const T> k, SeqView<const T> v, 
   check_lse_view(delta, q, "D");
   const std::int64_t Br = args.block_q, Bc = args.block_kv, D = q.dim;
   const std::int64_t group = q.heads / k.heads;
-  const T scale = static_cast<T>(args.scale);
+  const T scale = kernel_scale<T>(args, D);
   const std::int64_t br = std::min(Br, q.seq), bc = std::min(Bc, k.seq);
   Mat<T> Qs(br, D), S(br, bc), dP(br, bc), dK(bc, D), dV(bc, D);
   for (std::int64_t b = 0; b < q.batch; ++b) {

@@ -419,6 +419,31 @@ INSTANTIATE_TEST_SUITE_P(
       return std::get<0>(tp.param).name + (std::get<1>(tp.param) ? "_causal" : "_full");
     });
 
+// A kernel call that gives no scale uses 1/sqrt(D), as AttentionOptions does (not 1.0); a
+// given scale must be finite and positive.
+TEST(BlockForwardScale, UnsetScaleIsInverseSqrtHeadDim) {
+  RINGATTN_SEEDED_RNG(rng);
+  const std::int64_t B = 1, S = 9, H = 2, D = 16;
+  const Tensor<double> q = random_tensor<double>({B, S, H, D}, rng);
+  const Tensor<double> k = random_tensor<double>({B, S, H, D}, rng);
+  const Tensor<double> v = random_tensor<double>({B, S, H, D}, rng);
+  Tensor<double> out({B, S, H, D}), lse({B, H, S});
+  ringattn::ref::KernelArgs args;
+  args.causal = true;
+  ringattn::ref::block_forward<double>(ringattn::seq_view(q), ringattn::seq_view(k), ringattn::seq_view(v),
+                                       args, ringattn::seq_view(out), ringattn::lse_view(lse));
+  const OracleForward want = oracle_forward(q, k, v, /*causal=*/true);  // 1/sqrt(D)
+  EXPECT_TRUE(AllClose(out, want.out, 1e-12, 1e-12));
+  EXPECT_TRUE(AllClose(lse, want.lse, 1e-12, 1e-12));
+  for (double bad : {0.0, -0.5, std::nan(""), kInf}) {
+    args.scale = bad;
+    EXPECT_TRUE(ThrowsError([&] {
+      ringattn::ref::block_forward<double>(ringattn::seq_view(q), ringattn::seq_view(k), ringattn::seq_view(v),
+                                           args, ringattn::seq_view(out), ringattn::lse_view(lse));
+    })) << bad;
+  }
+}
+
 // ---- invalid inputs: ringattn::Error with a one-line message, never a crash -------------------
 
 using ForwardFn = std::function<void(const Tensor<double>&, const Tensor<double>&,

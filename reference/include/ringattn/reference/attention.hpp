@@ -117,7 +117,7 @@ struct KernelArgs {
   Positions qpos;              ///< global position of query row i: qpos.at(i)
   Positions kpos;              ///< global position of key row j: kpos.at(j)
   bool causal = false;         ///< mask keys with kpos.at(j) > qpos.at(i)
-  double scale = 1.0;          ///< softmax scale
+  std::optional<double> scale; ///< softmax scale; 1/sqrt(D) when empty, as in AttentionOptions
   std::int64_t block_q = 128;  ///< Br
   std::int64_t block_kv = 256; ///< Bc
   /// Called after every tile when set: the MPI ring tests its in-flight requests here, which is
