@@ -148,17 +148,34 @@ Tensor<T> block_like(const Tensor<T>& shard, std::int64_t rows) {
   return Tensor<T>({shard.dim(0), rows, shard.dim(2), shard.dim(3)});
 }
 
+// Gives a reused block buffer the shape of @p rows rows of @p shard (no allocation: the buffers
+// are reserved for the longest shard before the first step).
+template <class T>
+void shape_block(Tensor<T>& block, const Tensor<T>& shard, std::int64_t rows) {
+  block.resize({shard.dim(0), rows, shard.dim(2), shard.dim(3)});
+}
+
+// A block buffer of the shard's shape with room for the longest shard of the layout.
+template <class T>
+Tensor<T> block_buffer(const Tensor<T>& shard, const SequenceLayout& kl) {
+  std::int64_t longest = 0;
+  for (int r = 0; r < kl.ranks(); ++r) longest = std::max(longest, kl.shard_length(r));
+  Tensor<T> t = block_like(shard, shard.dim(1));
+  t.reserve(shard.dim(0) * longest * shard.dim(2) * shard.dim(3));
+  return t;
+}
+
 // Before computing on the block it holds at step s, a rank posts the receive of the next block
-// (from rank r-1, sized for its owner) and the send of the held one (to rank r+1). Nothing is
-// posted on the last step: the block held then is not passed on.
+// (from rank r-1, into the other buffer of the pair, shaped for its owner) and the send of the
+// held one (to rank r+1). Nothing is posted on the last step: the block held then is not passed on.
 template <class T>
 void post_kv_exchange(const Context& c, const SequenceLayout& kl, int s, const Tensor<T>& k_cur,
                       const Tensor<T>& v_cur, Tensor<T>& k_next, Tensor<T>& v_next,
                       std::vector<MPI_Request>& recv, std::vector<MPI_Request>& send) {
   if (s + 1 >= c.ranks) return;
   const int incoming = RingSchedule::kv_owner(c.rank, s + 1, c.ranks);
-  k_next = block_like(k_cur, kl.shard_length(incoming));
-  v_next = block_like(v_cur, kl.shard_length(incoming));
+  shape_block(k_next, k_cur, kl.shard_length(incoming));
+  shape_block(v_next, v_cur, kl.shard_length(incoming));
   post_recv(k_next, c.prev, kTagK, c.comm, recv);
   post_recv(v_next, c.prev, kTagV, c.comm, recv);
   post_send(k_cur, c.next, kTagK, c.comm, send);
@@ -239,12 +256,15 @@ ForwardResult<T> ring_forward(MPI_Comm comm, const Tensor<T>& q_shard, const Ten
   const SequenceLayout& kl = schedule.kv_layout();
   ForwardResult<T> acc{Tensor<T>(q_shard.shape()),
                        Tensor<T>({q_shard.dim(0), q_shard.dim(2), q_shard.dim(1)}, -std::numeric_limits<T>::infinity())};
-  Tensor<T> k_cur = k_shard, v_cur = v_shard;  // the block held now (first: our own)
+  // Two buffers per tensor, allocated once: the block held now (first: our own) and the next.
+  Tensor<T> k_cur = block_buffer(k_shard, kl), v_cur = block_buffer(v_shard, kl);
+  Tensor<T> k_next = block_buffer(k_shard, kl), v_next = block_buffer(v_shard, kl);
+  std::copy(k_shard.values().begin(), k_shard.values().end(), k_cur.values().begin());
+  std::copy(v_shard.values().begin(), v_shard.values().end(), v_cur.values().begin());
   RingTiming t;
   std::vector<MPI_Request> recv, send;
   for (int s = 0; s < c.ranks; ++s) {
     inject_fault_if_requested(c.rank, s);
-    Tensor<T> k_next, v_next;
     post_kv_exchange(c, kl, s, k_cur, v_cur, k_next, v_next, recv, send);
     const auto progress = [&] {
       int done = 0;
@@ -259,9 +279,9 @@ ForwardResult<T> ring_forward(MPI_Comm comm, const Tensor<T>& q_shard, const Ten
     wait(recv, c.timeout_s, "K/V block for step " + std::to_string(s + 1), c.prev);
     wait(send, c.timeout_s, "receipt of the K/V block sent at step " + std::to_string(s), c.next);
     t.wait_s += seconds_since(t1);
-    if (s + 1 < c.ranks) {
-      k_cur = std::move(k_next);
-      v_cur = std::move(v_next);
+    if (s + 1 < c.ranks) {  // the block sent is gone: its buffer receives the next one
+      std::swap(k_cur, k_next);
+      std::swap(v_cur, v_next);
     }
   }
   t.total_s = seconds_since(t_start);
@@ -290,25 +310,34 @@ Gradients<T> ring_backward(MPI_Comm comm, const Tensor<T>& q_shard, const Tensor
   const SequenceLayout& kl = schedule.kv_layout();
   const Tensor<T> delta = softmax_delta(out_shard, dout_shard);  // D = rowsum(dO * O), local rows
   Gradients<T> g{Tensor<T>(q_shard.shape()), {}, {}};
-  Tensor<T> k_cur = k_shard, v_cur = v_shard;
-  Tensor<T> dk_out, dv_out;  // the partial dK/dV sent after the previous step (in flight)
+  // Every buffer is allocated once, with room for the longest shard: the K/V pair (held, next)
+  // and, for dK and for dV, the partial arriving (in), the one being accumulated (acc) and the
+  // one sent after the previous step (out, in flight until its send completes).
+  Tensor<T> k_cur = block_buffer(k_shard, kl), v_cur = block_buffer(v_shard, kl);
+  Tensor<T> k_next = block_buffer(k_shard, kl), v_next = block_buffer(v_shard, kl);
+  std::copy(k_shard.values().begin(), k_shard.values().end(), k_cur.values().begin());
+  std::copy(v_shard.values().begin(), v_shard.values().end(), v_cur.values().begin());
+  Tensor<T> dk_in = block_buffer(k_shard, kl), dv_in = block_buffer(v_shard, kl);
+  Tensor<T> dk_acc = block_buffer(k_shard, kl), dv_acc = block_buffer(v_shard, kl);
+  Tensor<T> dk_out = block_buffer(k_shard, kl), dv_out = block_buffer(v_shard, kl);
   RingTiming t;
   std::vector<MPI_Request> kv_recv, kv_send, dkv_recv, dkv_send;
   for (int s = 0; s < c.ranks; ++s) {
     inject_fault_if_requested(c.rank, s);
     const int owner = RingSchedule::kv_owner(c.rank, s, c.ranks);
-    Tensor<T> k_next, v_next;
     post_kv_exchange(c, kl, s, k_cur, v_cur, k_next, v_next, kv_recv, kv_send);
     // The partial dK/dV of the block held now, as rank r-1 left it after its step s-1: in flight
-    // while this rank accumulates its own contribution into fresh buffers.
-    Tensor<T> dk_in, dv_in;
+    // while this rank accumulates its own contribution into zeroed buffers.
     if (s > 0) {
-      dk_in = block_like(k_shard, kl.shard_length(owner));
-      dv_in = block_like(v_shard, kl.shard_length(owner));
+      shape_block(dk_in, k_shard, kl.shard_length(owner));
+      shape_block(dv_in, v_shard, kl.shard_length(owner));
       post_recv(dk_in, c.prev, kTagDK, comm, dkv_recv);
       post_recv(dv_in, c.prev, kTagDV, comm, dkv_recv);
     }
-    Tensor<T> dk_acc(k_cur.shape()), dv_acc(v_cur.shape());
+    shape_block(dk_acc, k_shard, k_cur.dim(1));
+    shape_block(dv_acc, v_shard, v_cur.dim(1));
+    dk_acc.fill(T(0));
+    dv_acc.fill(T(0));
     const auto progress = [&] {
       int done = 0;
       for (auto* reqs : {&kv_recv, &kv_send, &dkv_recv, &dkv_send}) {
@@ -325,18 +354,19 @@ Gradients<T> ring_backward(MPI_Comm comm, const Tensor<T>& q_shard, const Tensor
       for (std::int64_t i = 0; i < dk_acc.size(); ++i) dk_acc[i] += dk_in[i];
       for (std::int64_t i = 0; i < dv_acc.size(); ++i) dv_acc[i] += dv_in[i];
     }
-    // The previous step's dK/dV must have left before their buffers are reused.
+    // The previous step's dK/dV must have left before their buffers are reused (they become
+    // the next step's accumulators).
     wait(dkv_send, c.timeout_s, "receipt of the dK/dV sent at step " + std::to_string(s - 1), c.next);
-    dk_out = std::move(dk_acc);
-    dv_out = std::move(dv_acc);
+    std::swap(dk_out, dk_acc);
+    std::swap(dv_out, dv_acc);
     post_send(dk_out, c.next, kTagDK, comm, dkv_send);  // after step N-1 this is the hop home
     post_send(dv_out, c.next, kTagDV, comm, dkv_send);
     wait(kv_recv, c.timeout_s, "K/V block for step " + std::to_string(s + 1), c.prev);
     wait(kv_send, c.timeout_s, "receipt of the K/V block sent at step " + std::to_string(s), c.next);
     t.wait_s += seconds_since(t1);
     if (s + 1 < c.ranks) {
-      k_cur = std::move(k_next);
-      v_cur = std::move(v_next);
+      std::swap(k_cur, k_next);
+      std::swap(v_cur, v_next);
     }
   }
   // Our own block's dK/dV come home from rank r-1, which held it at step N-1.

@@ -77,6 +77,30 @@ TEST(TensorShape, ShapeStringAndCount) {
       [] { (void)ringattn::Tensor<float>::count({INT64_MAX / 2, 3}); }));
 }
 
+// resize() reshapes in place: within the reserved capacity the storage does not move, kept
+// elements keep their values and added ones are zero; bad shapes throw and change nothing.
+TEST(TensorShape, ResizeKeepsStorageWithinCapacity) {
+  // The row counts come from a runtime value: with them as constants GCC 12 folds std::vector's
+  // resize() and reports a false -Warray-bounds on a branch that cannot run.
+  const std::vector<std::int64_t> rows = {3, 4, 2};
+  ringattn::Tensor<float> t({1, rows[0], 2, 2}, 5.0f);
+  t.reserve(1 * rows[1] * 2 * 2);
+  const float* storage = t.data();
+  t.resize({1, rows[1], 2, 2});
+  EXPECT_EQ(t.shape(), (std::vector<std::int64_t>{1, 4, 2, 2}));
+  EXPECT_EQ(t.data(), storage);
+  EXPECT_EQ(t[0], 5.0f);
+  EXPECT_EQ(t[11], 5.0f);
+  EXPECT_EQ(t[12], 0.0f);
+  t.resize({1, rows[2], 2, 2});
+  EXPECT_EQ(t.size(), 8);
+  EXPECT_EQ(t.data(), storage);
+  EXPECT_TRUE(ThrowsError([&] { t.resize({1, -2, 2, 2}); }));
+  EXPECT_TRUE(ThrowsError([&] { t.reserve(-1); }));
+  EXPECT_EQ(t.size(), 8);
+  EXPECT_EQ(t.shape(), (std::vector<std::int64_t>{1, 2, 2, 2}));
+}
+
 TEST(TensorShape, ViewsRejectWrongRank) {
   ringattn::Tensor<double> t3({2, 3, 4});
   ringattn::Tensor<double> t4({2, 3, 4, 5});

@@ -41,6 +41,19 @@ class Tensor {
   const T& operator[](std::int64_t i) const { return data_[static_cast<std::size_t>(i)]; }
   /// Sets every element to @p value.
   void fill(T value) { data_.assign(data_.size(), value); }
+  /// Gives the tensor a new shape and element count, keeping its storage: no allocation while
+  /// the count fits the capacity (see reserve()). Elements kept keep their values, added ones
+  /// are T(0); callers that reuse a buffer overwrite or fill() it.
+  void resize(std::vector<std::int64_t> shape) {
+    const std::int64_t n = count(shape);
+    data_.resize(static_cast<std::size_t>(n));
+    shape_ = std::move(shape);
+  }
+  /// Makes room for @p elements so that later resize() calls up to that count do not allocate.
+  void reserve(std::int64_t elements) {
+    require(elements >= 0, "tensor capacity ", elements, " is negative");
+    data_.reserve(static_cast<std::size_t>(elements));
+  }
 
   /// Product of the sizes; throws ringattn::Error on a negative size or on overflow.
   static std::int64_t count(const std::vector<std::int64_t>& shape) {
