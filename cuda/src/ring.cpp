@@ -361,15 +361,29 @@ struct RingAttention::Impl {
     }
   }
 
+  // Spans are measured from one zero per device: the start mark of the first local rank on that
+  // device (events of one device compare; every rank's start mark is recorded on the device's
+  // legacy stream, that rank's first). Ranks on one GPU therefore share one time axis.
   template <class T>
   void collect(const std::vector<T>& timed) {
     DeviceGuard guard;
+    std::vector<cudaEvent_t> zero(ranks.size());
+    for (std::size_t i = 0; i < ranks.size(); ++i) {
+      std::size_t first = i;
+      for (std::size_t j = 0; j < i; ++j) {
+        if (ranks[j].device == ranks[i].device) {
+          first = j;
+          break;
+        }
+      }
+      zero[i] = ranks[first].timing[0];
+    }
     for (const auto& t : timed) {
       RankState& r = ranks[t.rank_index];
       RINGATTN_CUDA_CHECK(cudaSetDevice(r.device));
       float b = 0, e = 0;
-      RINGATTN_CUDA_CHECK(cudaEventElapsedTime(&b, r.timing[0], r.timing[t.begin]));
-      RINGATTN_CUDA_CHECK(cudaEventElapsedTime(&e, r.timing[0], r.timing[t.end]));
+      RINGATTN_CUDA_CHECK(cudaEventElapsedTime(&b, zero[t.rank_index], r.timing[t.begin]));
+      RINGATTN_CUDA_CHECK(cudaEventElapsedTime(&e, zero[t.rank_index], r.timing[t.end]));
       timeline.push_back({r.rank, t.step, t.comm, t.label, b, e});
     }
   }

@@ -72,7 +72,9 @@ struct BackwardShard {
   float* dv = nullptr;         ///< (B, S_r, H_kv, D), overwritten
 };
 
-/// One timed span of a rank (milliseconds from the start of the run).
+/// One timed span of a rank, in milliseconds from the start of the run on its device: local ranks
+/// that share a GPU share that zero, so their spans can be laid on one axis; ranks on other
+/// devices or in other processes each have their own.
 struct TimelineSpan {
   int rank = 0;          ///< global rank
   int step = -1;         ///< ring step (-1: before or after the ring)
