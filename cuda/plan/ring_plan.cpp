@@ -75,13 +75,36 @@ class Builder {
   }
 
   RingPlan forward() {
+    // The first launched pair of a query segment writes (O, LSE) straight into the accumulator
+    // (the kernel overwrites every row: O = 0, LSE = -inf where no key is visible), so it needs
+    // neither a partial, nor a merge, nor a fill; only segments no pair reaches are filled.
+    first_pair_.assign(to_size(n_), {});
+    pairs_.assign(to_size(n_), {});
+    for (int r = 0; r < n_; ++r) {
+      first_pair_[to_size(r)].assign(s_.q_layout().segments(r).size(), {-1, -1});
+      pairs_[to_size(r)].assign(s_.q_layout().segments(r).size(), 0);
+      for (int step = 0; step < n_; ++step) {
+        for (const PairWork& pw : s_.work(step, r).pairs) {
+          if (pw.mask == MaskClass::Skip) continue;
+          auto& first = first_pair_[to_size(r)][to_size(pw.q_segment)];
+          if (first.first < 0) first = {step, pw.kv_segment};
+          ++pairs_[to_size(r)][to_size(pw.q_segment)];
+        }
+      }
+    }
     for (int r = 0; r < n_; ++r) declare_forward_buffers(r);
     std::vector<int> packed(to_size(n_));
     for (int r = 0; r < n_; ++r) {
       gather_rows(r, "q", "q_sm", p_.shape.heads_q, ib_, s_.q_layout());
       pack_block(r);
-      fill(r, o_acc(r), 0, q_elems(r), 0.0f, "O_acc = 0");
-      fill(r, lse_acc(r), 0, lse_elems(r), -std::numeric_limits<float>::infinity(), "LSE_acc = -inf");
+      const auto& segs = s_.q_layout().segments(r);
+      for (std::size_t i = 0; i < segs.size(); ++i) {
+        if (first_pair_[to_size(r)][i].first >= 0) continue;
+        fill_region(r, seg_rows(r, o_acc(r), 0, segs[i], p_.shape.heads_q, 4), 0.0f,
+                    "O_acc = 0 (q" + std::to_string(i) + " sees no key)");
+        fill_region(r, seg_lse(r, lse_acc(r), segs[i]), -std::numeric_limits<float>::infinity(),
+                    "LSE_acc = -inf (q" + std::to_string(i) + " sees no key)");
+      }
       packed[to_size(r)] = record(r, PlanStream::Compute, -1, "own K/V packed");
     }
     std::vector<std::vector<int>> arrived(to_size(n_), std::vector<int>(to_size(n_), -1));
@@ -245,8 +268,13 @@ class Builder {
     if (!lse_alias(r)) add_buffer(r, "lse_acc", lse_elems(r) * 4, false);
     // One pair's partial at a time: the kernels of a rank run in order on its compute stream, so
     // the next pair's forward writes the partial only after the merge of the last one read it.
+    // Only segments with a second pair need one (the first writes the accumulator).
     std::int64_t longest = 0;
-    for (const Segment& g : s_.q_layout().segments(r)) longest = std::max(longest, g.length);
+    const auto& segs = s_.q_layout().segments(r);
+    for (std::size_t i = 0; i < segs.size(); ++i) {
+      if (pairs_[to_size(r)][i] >= 2) longest = std::max(longest, segs[i].length);
+    }
+    if (longest == 0) return;
     const auto part_rows = to_size(p_.shape.batch * longest);
     add_buffer(r, "o_part", part_rows * to_size(p_.shape.heads_q * p_.shape.head_dim) * 4, false);
     add_buffer(r, "lse_part", part_rows * to_size(p_.shape.heads_q) * 4, false);
@@ -293,6 +321,13 @@ class Builder {
   void wait(int r, PlanStream stream, int event, int step, std::string label) {
     PlanOp o = op(OpKind::Wait, r, stream, step, std::move(label));
     o.event = event;
+    push(std::move(o));
+  }
+  void fill_region(int r, Region dst, float value, std::string label) {
+    PlanOp o = op(OpKind::Fill, r, PlanStream::Compute, -1, std::move(label));
+    o.dst = dst;
+    o.n = dst.bytes / 4;
+    o.value = value;
     push(std::move(o));
   }
   void fill(int r, const std::string& name, std::size_t first, std::size_t n, float value, std::string label,
@@ -384,6 +419,13 @@ class Builder {
     PlanOp f = op(OpKind::Forward, r, PlanStream::Compute, step, label.str());
     pair_operands(f, r, step, owner, pw);
     const Segment& qg = q_segment(r, pw.q_segment);
+    if (first_pair_[to_size(r)][to_size(pw.q_segment)] == std::pair{step, pw.kv_segment}) {  // first: no merge
+      f.label += " -> O_acc";
+      f.out = seg_rows(r, o_acc(r), 0, qg, p_.shape.heads_q, 4);
+      f.lse = seg_lse(r, lse_acc(r), qg);
+      push(std::move(f));
+      return;
+    }
     const std::size_t rows = to_size(p_.shape.batch * qg.length);
     f.out = region(r, "o_part", 0, rows * to_size(p_.shape.heads_q * p_.shape.head_dim) * 4);
     f.lse = region(r, "lse_part", 0, rows * to_size(p_.shape.heads_q) * 4);
@@ -512,6 +554,10 @@ class Builder {
   const RingSchedule& s_;
   int n_;
   std::size_t ib_ = 2;
+  // Forward: per rank and query segment, the (step, key segment) of its first launched pair.
+  std::vector<std::vector<std::pair<int, int>>> first_pair_;
+  // Forward: per rank and query segment, how many pairs are launched.
+  std::vector<std::vector<int>> pairs_;
   RingPlan p_;
 };
 

@@ -54,6 +54,7 @@ std::vector<Case> all_cases() {
         cases.push_back({layout, n, causal, 2, 2 * n * 2, 2 * n * 2, 4, 2, 4});          // B = 2, GQA
       }
       cases.push_back({layout, n, true, 2, 2 * n * 2 + 3, 2 * n * 3 + 1, 3, 1, 4});      // S_kv > S_q, MQA
+      cases.push_back({layout, n, true, 1, 2 * n * 4 + 1, 2 * n * 2, 2, 1, 4});          // S_q > S_kv: early rows see no key
     }
   }
   return cases;

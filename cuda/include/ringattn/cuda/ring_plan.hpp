@@ -159,7 +159,8 @@ struct PlanOptions {
 };
 
 /// The forward plan: every rank's (O, LSE) of its queries against all blocks, K/V double-buffered
-/// (the next block's shift is queued before the current block's kernels), partials merged in F32.
+/// (the next block's shift is queued before the current block's kernels), partials merged in F32;
+/// the first launched pair of each query segment writes the F32 accumulator directly.
 /// @p shape is global; throws ringattn::Error if the schedule and shape disagree.
 [[nodiscard]] RingPlan plan_forward(const RingSchedule& schedule, const AttentionShape& shape,
                                     const PlanOptions& options);
