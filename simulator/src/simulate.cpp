@@ -1,6 +1,7 @@
 #include "ringattn/simulator/simulate.hpp"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <limits>
 #include <numbers>
@@ -137,10 +138,13 @@ class Ring {
         bwd_(w.pass == Pass::ForwardBackward),
         peak_(cluster.device.peak_flops(w.dtype)),
         elem_(dtype_bytes(w.dtype)),
-        dev_(static_cast<std::size_t>(n), Dev(w.receive_buffers())) {
+        dev_(static_cast<std::size_t>(n), Dev(w.receive_buffers())),
+        q_(2 * static_cast<std::uint32_t>(n)) {  // resource 2d: compute of d, 2d + 1: its link
     c_total_ = compute_tasks(w, n);
     shard_.reserve(static_cast<std::size_t>(n));
     for (int r = 0; r < n; ++r) shard_.push_back(sched_.kv_layout().shard_length(r));
+    q_rows_.reserve(static_cast<std::size_t>(n));
+    for (int r = 0; r < n; ++r) q_rows_.push_back(static_cast<double>(sched_.q_layout().shard_length(r)));
     for (int r = 0; r < n; ++r) hop_.push_back(&cluster.hop(r, n));
     l_total_ = link_tasks(w, n);
     launch_ = opt.ideal ? 0.0 : cluster.device.launch_overhead_s;
@@ -234,6 +238,7 @@ class Ring {
   // Local rows of sub-block j of the block held at message m (RingSchedule::sub_block's split).
   std::pair<std::int64_t, std::int64_t> rows_of(int d, std::int64_t m) const {
     const std::int64_t rows = shard_[static_cast<std::size_t>(owner_of(d, m))];
+    if (k_ == 1) return {0, rows};  // the whole block, without two 64-bit divisions
     const std::int64_t j = sub_of(m);
     return {j * rows / k_, (j + 1) * rows / k_};
   }
@@ -264,22 +269,49 @@ class Ring {
   }
 
   // Attention kernel calls of one sub-block: launch + FLOPs at the kernel's efficiency per pair.
+  //
+  // The pairs are RingSchedule::work(step, d, kb, ke)'s, in its order, with its visible counts
+  // (core's visible_pairs), but enumerated here without materializing a StepWork: this runs for
+  // every compute task, and copying out the pair list took a fifth of a run. As documented for
+  // work(): every (query segment of d, key segment of the owner) pair whose key segment has rows
+  // in [kb, ke), its key positions starting at the first such row. The RandomRings test checks
+  // every task's FLOPs against work().
   double kernel_time(int d, std::int64_t m, bool backward, double& flops) {
     const auto [kb, ke] = rows_of(d, m);
-    sched_.work(step_of(m), d, kb, ke, work_);
+    const int owner = owner_of(d, m);
+    if (kb >= ke) sched_.work(step_of(m), d, kb, ke, work_);  // throws core's message
     double t = 0;
     flops = 0;
-    for (const PairWork& p : work_.pairs) {
-      if (p.visible == 0) continue;
-      const double f = backward ? attention_flops_backward(w_.batch, w_.heads_q, w_.head_dim, p.visible)
-                                : attention_flops_forward(w_.batch, w_.heads_q, w_.head_dim, p.visible);
-      const double eff = opt_.ideal ? 1.0
-                                    : cl_.device.kernel.efficiency(w_.batch * w_.heads_q, p.q_rows, p.k_rows,
-                                                                   static_cast<int>(w_.head_dim));
-      t += launch_ + f / (peak_ * eff);
-      flops += f;
+    for (const Segment& qs : sched_.q_layout().segments(d)) {
+      for (const Segment& ks : sched_.kv_layout().segments(owner)) {
+        const std::int64_t first = std::max(ks.local_begin, kb);
+        const std::int64_t last = std::min(ks.local_begin + ks.length, ke);
+        if (first >= last) continue;
+        const Positions q{sched_.q_offset() + qs.start, qs.stride};
+        const Positions k{ks.position(first - ks.local_begin), ks.stride};
+        const std::int64_t visible = visible_pairs(q, qs.length, k, last - first, sched_.causal());
+        if (visible == 0) continue;
+        const double f = backward ? attention_flops_backward(w_.batch, w_.heads_q, w_.head_dim, visible)
+                                  : attention_flops_forward(w_.batch, w_.heads_q, w_.head_dim, visible);
+        const double eff = opt_.ideal ? 1.0 : efficiency(qs.length, last - first);
+        t += launch_ + f / (peak_ * eff);
+        flops += f;
+      }
     }
     return t;
+  }
+
+  // KernelModel::efficiency, remembered for the few (query rows, key rows) shapes of a run: with
+  // a measured table every call sorts the table's points.
+  double efficiency(std::int64_t q_rows, std::int64_t k_rows) {
+    const std::uint64_t h = (static_cast<std::uint64_t>(q_rows) * 0x9e3779b97f4a7c15ULL) ^
+                            static_cast<std::uint64_t>(k_rows);
+    EffMemo& e = eff_memo_[static_cast<std::size_t>((h ^ (h >> 29)) % eff_memo_.size())];
+    if (e.q_rows != q_rows || e.k_rows != k_rows) {
+      e = {q_rows, k_rows,
+           cl_.device.kernel.efficiency(w_.batch * w_.heads_q, q_rows, k_rows, static_cast<int>(w_.head_dim))};
+    }
+    return e.eff;
   }
 
   double memory_time(double bytes) const {
@@ -291,7 +323,11 @@ class Ring {
     if (x.c_busy || x.c_done == c_total_) return;
     const auto [kind, m] = decode_c(x.c_done);
     const double now = q_.now();
-    Span sp;
+    // Written in place: copying a span assembled field by field reloads it in wide words
+    // before the narrow stores have landed, a stall on every task. The stream is idle, so its
+    // last span has been emitted already.
+    Span& sp = x.c_span;
+    sp = Span{};
     sp.device = d;
     sp.row = Row::Compute;
     sp.step = step_of(m);
@@ -300,7 +336,7 @@ class Ring {
     sp.backward = kind != CTask::Fwd;
     double t = 0;
     const double b = static_cast<double>(w_.batch);
-    const double q_rows = static_cast<double>(sched_.q_layout().shard_length(d));
+    const double q_rows = q_rows_[static_cast<std::size_t>(d)];
     switch (kind) {
       case CTask::Fwd: {
         if (!fwd_arrived(d, m)) return;
@@ -336,7 +372,6 @@ class Ring {
     t = compute_time(d, x.c_done, t, now);
     sp.start_s = now;
     sp.duration_s = t;
-    x.c_span = sp;
     x.c_busy = true;
     x.busy += t;
     q_.schedule(now + t, static_cast<std::uint32_t>(2 * d));
@@ -370,7 +405,8 @@ class Ring {
         break;
       }
     }
-    Span sp;
+    Span& sp = x.l_span;  // in place, as in try_compute
+    sp = Span{};
     sp.device = d;
     sp.row = Row::Link;
     sp.name = kind == LTask::Dkv ? "dkv" : "kv";
@@ -387,7 +423,6 @@ class Ring {
     const double t = opt_.ideal ? sp.bytes / link.bandwidth : link.transfer_time(sp.bytes);
     sp.start_s = now;
     sp.duration_s = t;
-    x.l_span = sp;
     x.l_busy = true;
     x.l_end = now + t;
     x.link_busy += t;
@@ -508,7 +543,13 @@ class Ring {
   std::vector<Dev> dev_;
   std::vector<std::int64_t> shard_;    // K/V rows per rank
   std::vector<const LinkSpec*> hop_;   // link of the hop d -> d + 1
-  StepWork work_;                      // reused by kernel_time
+  StepWork work_;                      // kernel_time's error path only
+  struct EffMemo {
+    std::int64_t q_rows = -1, k_rows = -1;  // -1: empty
+    double eff = 0;
+  };
+  std::array<EffMemo, 64> eff_memo_{};  // efficiency() by (query rows, key rows), direct-mapped
+  std::vector<double> q_rows_;          // query rows per rank
   EventQueue q_;
 };
 

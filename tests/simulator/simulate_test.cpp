@@ -9,9 +9,12 @@
 #include <map>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <set>
 #include <tuple>
 
+#include "ringattn/core/cost.hpp"
 #include "ringattn/core/error.hpp"
+#include "ringattn/core/schedule.hpp"
 #include "ringattn/simulator/engine.hpp"
 #include "ringattn/simulator/report.hpp"
 #include "ringattn/simulator/simulate.hpp"
@@ -339,6 +342,20 @@ TEST(SimulateInvariants, RandomRings) {
       ASSERT_NE(it, arrived.end());
       EXPECT_GE(s.start_s, it->second - 1e-15) << "compute before its block arrived, iter " << iter;
     }
+    // Kernel FLOPs are core's schedule: the sum over RingSchedule::work's pairs, in its order.
+    const RingSchedule sched = RingSchedule::for_shape(
+        AttentionShape{w.batch, w.seq_len, w.seq_len, w.heads_q, w.kv_heads(), w.head_dim}, w.layout, n, w.causal);
+    for (const Span& s : spans) {
+      if (s.row != Row::Compute || (std::string(s.name) != "fwd" && std::string(s.name) != "bwd")) continue;
+      const int owner = RingSchedule::kv_owner(s.device, s.step, n);
+      const auto [kb, ke] = RingSchedule::sub_block(sched.kv_layout().shard_length(owner), w.sub_blocks, s.sub_block);
+      double flops = 0;
+      for (const PairWork& p : sched.work(s.step, s.device, kb, ke).pairs) {
+        flops += s.backward ? attention_flops_backward(w.batch, w.heads_q, w.head_dim, p.visible)
+                            : attention_flops_forward(w.batch, w.heads_q, w.head_dim, p.visible);
+      }
+      ASSERT_EQ(s.flops, flops) << s.name << " step " << s.step << " device " << s.device << ", iter " << iter;
+    }
     EXPECT_EQ(count, r.events);
     EXPECT_GE(r.overlap_efficiency, 0);
     EXPECT_LE(r.overlap_efficiency, 1 + 1e-12);
@@ -403,6 +420,8 @@ TEST(Engine, EqualTimesKeepSchedulingOrderAndTimeNeverGoesBack) {
   EXPECT_THROW(q.schedule(0.5, 1), Error);
   EXPECT_THROW(q.schedule(std::nan(""), 1), Error);
   EXPECT_EQ(q.processed(), 3u);
+  EXPECT_TRUE(q.empty());
+  EXPECT_THROW((void)q.pop(), Error);
   SlotPool p(2);
   p.acquire();
   p.acquire();
@@ -412,6 +431,53 @@ TEST(Engine, EqualTimesKeepSchedulingOrderAndTimeNeverGoesBack) {
   p.release();
   EXPECT_THROW(p.release(), Error);
   EXPECT_EQ(p.peak(), 2);
+}
+
+TEST(Engine, OnePendingEventPerResource) {
+  EventQueue q(2);
+  q.schedule(1.0, 0);
+  EXPECT_THROW(q.schedule(2.0, 0), Error);  // resource 0 is busy until 1.0
+  q.schedule(-0.0, 5);                      // beyond the initial resources: the queue grows
+  EXPECT_EQ(q.pending(), 2u);
+  EXPECT_EQ(q.pop().resource, 5u);
+  EXPECT_EQ(q.pop().resource, 0u);
+  q.schedule(1.0, 0);  // free again once popped
+  EXPECT_EQ(q.pop().seq, 2u);
+  EXPECT_THROW(q.schedule(1.0, EventQueue::kMaxResource + 1), Error);
+}
+
+// The tournament tree against a reference ordering by (time, seq), with many equal times, the
+// pop-then-reschedule pattern of the simulator and resources that stay idle for a while.
+TEST(Engine, OrderMatchesTimeThenSequence) {
+  std::mt19937 rng(11);
+  for (const std::uint32_t resources : {1u, 3u, 64u, 1000u}) {
+    EventQueue q(resources / 2);
+    std::set<std::tuple<double, std::uint64_t, std::uint32_t>> reference;
+    std::vector<bool> busy(resources, false);
+    std::uint64_t seq = 0;
+    const auto schedule = [&](std::uint32_t r) {
+      const double t = q.now() + static_cast<double>(rng() % 4) * 0.25;  // ties are common
+      q.schedule(t, r);
+      reference.insert({t, seq++, r});
+      busy[r] = true;
+    };
+    for (std::uint32_t r = 0; r < resources; r += 2) schedule(r);
+    for (int step = 0; step < 20000 && !reference.empty(); ++step) {
+      const Event e = q.pop();
+      const auto [t, s, r] = *reference.begin();
+      reference.erase(reference.begin());
+      ASSERT_EQ(e.time, t);
+      ASSERT_EQ(e.seq, s);
+      ASSERT_EQ(e.resource, r);
+      busy[r] = false;
+      if (rng() % 4 != 0) schedule(r);
+      for (int k = 0; k < 2; ++k) {
+        const std::uint32_t other = static_cast<std::uint32_t>(rng() % resources);
+        if (!busy[other]) schedule(other);
+      }
+      ASSERT_EQ(q.pending(), reference.size());
+    }
+  }
 }
 
 }  // namespace
