@@ -148,38 +148,46 @@ Tensor<T> block_like(const Tensor<T>& shard, std::int64_t rows) {
   return Tensor<T>({shard.dim(0), rows, shard.dim(2), shard.dim(3)});
 }
 
-// Gives a reused block buffer the shape of @p rows rows of @p shard (no allocation: the buffers
-// are reserved for the longest shard before the first step).
+// A reused block buffer, shaped as @p rows rows of @p shard. The first use allocates room for the
+// longest shard (@p longest rows) without touching it; later uses within that room allocate
+// nothing. A buffer never used (one rank, or a pass that does not need it) costs nothing.
 template <class T>
-void shape_block(Tensor<T>& block, const Tensor<T>& shard, std::int64_t rows) {
+void shape_block(Tensor<T>& block, const Tensor<T>& shard, std::int64_t rows, std::int64_t longest) {
+  block.reserve(shard.dim(0) * longest * shard.dim(2) * shard.dim(3));
   block.resize({shard.dim(0), rows, shard.dim(2), shard.dim(3)});
 }
 
-// A block buffer of the shard's shape with room for the longest shard of the layout.
-template <class T>
-Tensor<T> block_buffer(const Tensor<T>& shard, const SequenceLayout& kl) {
+std::int64_t longest_shard(const SequenceLayout& l) {
   std::int64_t longest = 0;
-  for (int r = 0; r < kl.ranks(); ++r) longest = std::max(longest, kl.shard_length(r));
-  Tensor<T> t = block_like(shard, shard.dim(1));
-  t.reserve(shard.dim(0) * longest * shard.dim(2) * shard.dim(3));
-  return t;
+  for (int r = 0; r < l.ranks(); ++r) longest = std::max(longest, l.shard_length(r));
+  return longest;
 }
+
+// The K/V block a rank holds: its own shard at step 0 (read in place, never copied), then the
+// buffer of the pair that received it. Two receive buffers alternate: the one received at step
+// s - 1 is held (and sent on) at step s while the next block lands in the other.
+template <class T>
+struct HeldBlocks {
+  const Tensor<T>* k;
+  const Tensor<T>* v;
+  Tensor<T> k_buf[2], v_buf[2];
+};
 
 // Before computing on the block it holds at step s, a rank posts the receive of the next block
 // (from rank r-1, into the other buffer of the pair, shaped for its owner) and the send of the
 // held one (to rank r+1). Nothing is posted on the last step: the block held then is not passed on.
 template <class T>
-void post_kv_exchange(const Context& c, const SequenceLayout& kl, int s, const Tensor<T>& k_cur,
-                      const Tensor<T>& v_cur, Tensor<T>& k_next, Tensor<T>& v_next,
-                      std::vector<MPI_Request>& recv, std::vector<MPI_Request>& send) {
+void post_kv_exchange(const Context& c, const SequenceLayout& kl, int s, const HeldBlocks<T>& held,
+                      Tensor<T>& k_next, Tensor<T>& v_next, std::vector<MPI_Request>& recv,
+                      std::vector<MPI_Request>& send) {
   if (s + 1 >= c.ranks) return;
   const int incoming = RingSchedule::kv_owner(c.rank, s + 1, c.ranks);
-  shape_block(k_next, k_cur, kl.shard_length(incoming));
-  shape_block(v_next, v_cur, kl.shard_length(incoming));
+  shape_block(k_next, *held.k, kl.shard_length(incoming), longest_shard(kl));
+  shape_block(v_next, *held.v, kl.shard_length(incoming), longest_shard(kl));
   post_recv(k_next, c.prev, kTagK, c.comm, recv);
   post_recv(v_next, c.prev, kTagV, c.comm, recv);
-  post_send(k_cur, c.next, kTagK, c.comm, send);
-  post_send(v_cur, c.next, kTagV, c.comm, send);
+  post_send(*held.k, c.next, kTagK, c.comm, send);
+  post_send(*held.v, c.next, kTagV, c.comm, send);
 }
 
 double seconds_since(std::chrono::steady_clock::time_point t0) {
@@ -256,32 +264,30 @@ ForwardResult<T> ring_forward(MPI_Comm comm, const Tensor<T>& q_shard, const Ten
   const SequenceLayout& kl = schedule.kv_layout();
   ForwardResult<T> acc{Tensor<T>(q_shard.shape()),
                        Tensor<T>({q_shard.dim(0), q_shard.dim(2), q_shard.dim(1)}, -std::numeric_limits<T>::infinity())};
-  // Two buffers per tensor, allocated once: the block held now (first: our own) and the next.
-  Tensor<T> k_cur = block_buffer(k_shard, kl), v_cur = block_buffer(v_shard, kl);
-  Tensor<T> k_next = block_buffer(k_shard, kl), v_next = block_buffer(v_shard, kl);
-  std::copy(k_shard.values().begin(), k_shard.values().end(), k_cur.values().begin());
-  std::copy(v_shard.values().begin(), v_shard.values().end(), v_cur.values().begin());
+  HeldBlocks<T> held{&k_shard, &v_shard, {}, {}};
   RingTiming t;
   std::vector<MPI_Request> recv, send;
   for (int s = 0; s < c.ranks; ++s) {
     inject_fault_if_requested(c.rank, s);
-    post_kv_exchange(c, kl, s, k_cur, v_cur, k_next, v_next, recv, send);
+    Tensor<T>& k_next = held.k_buf[s % 2];
+    Tensor<T>& v_next = held.v_buf[s % 2];
+    post_kv_exchange(c, kl, s, held, k_next, v_next, recv, send);
     const auto progress = [&] {
       int done = 0;
       if (!recv.empty()) MPI_Testall(static_cast<int>(recv.size()), recv.data(), &done, MPI_STATUSES_IGNORE);
       if (!send.empty()) MPI_Testall(static_cast<int>(send.size()), send.data(), &done, MPI_STATUSES_IGNORE);
     };
     const auto t0 = std::chrono::steady_clock::now();
-    ring_forward_step(schedule, s, c.rank, q_shard, k_cur, v_cur, options, acc.out, acc.lse,
+    ring_forward_step(schedule, s, c.rank, q_shard, *held.k, *held.v, options, acc.out, acc.lse,
                       std::function<void()>(progress));
     const auto t1 = std::chrono::steady_clock::now();
     t.compute_s += std::chrono::duration<double>(t1 - t0).count();
     wait(recv, c.timeout_s, "K/V block for step " + std::to_string(s + 1), c.prev);
     wait(send, c.timeout_s, "receipt of the K/V block sent at step " + std::to_string(s), c.next);
     t.wait_s += seconds_since(t1);
-    if (s + 1 < c.ranks) {  // the block sent is gone: its buffer receives the next one
-      std::swap(k_cur, k_next);
-      std::swap(v_cur, v_next);
+    if (s + 1 < c.ranks) {  // the block sent is gone: its buffer receives the one after next
+      held.k = &k_next;
+      held.v = &v_next;
     }
   }
   t.total_s = seconds_since(t_start);
@@ -310,32 +316,31 @@ Gradients<T> ring_backward(MPI_Comm comm, const Tensor<T>& q_shard, const Tensor
   const SequenceLayout& kl = schedule.kv_layout();
   const Tensor<T> delta = softmax_delta(out_shard, dout_shard);  // D = rowsum(dO * O), local rows
   Gradients<T> g{Tensor<T>(q_shard.shape()), {}, {}};
-  // Every buffer is allocated once, with room for the longest shard: the K/V pair (held, next)
-  // and, for dK and for dV, the partial arriving (in), the one being accumulated (acc) and the
-  // one sent after the previous step (out, in flight until its send completes).
-  Tensor<T> k_cur = block_buffer(k_shard, kl), v_cur = block_buffer(v_shard, kl);
-  Tensor<T> k_next = block_buffer(k_shard, kl), v_next = block_buffer(v_shard, kl);
-  std::copy(k_shard.values().begin(), k_shard.values().end(), k_cur.values().begin());
-  std::copy(v_shard.values().begin(), v_shard.values().end(), v_cur.values().begin());
-  Tensor<T> dk_in = block_buffer(k_shard, kl), dv_in = block_buffer(v_shard, kl);
-  Tensor<T> dk_acc = block_buffer(k_shard, kl), dv_acc = block_buffer(v_shard, kl);
-  Tensor<T> dk_out = block_buffer(k_shard, kl), dv_out = block_buffer(v_shard, kl);
+  // Buffers are reused across steps and allocated on first use, with room for the longest
+  // shard: the K/V blocks (HeldBlocks) and, for dK and for dV, the partial arriving (in), the
+  // one being accumulated (acc) and the one sent after the previous step (out, in flight until
+  // its send completes; then it becomes the next accumulator).
+  const std::int64_t longest = longest_shard(kl);
+  HeldBlocks<T> held{&k_shard, &v_shard, {}, {}};
+  Tensor<T> dk_in, dv_in, dk_acc, dv_acc, dk_out, dv_out;
   RingTiming t;
   std::vector<MPI_Request> kv_recv, kv_send, dkv_recv, dkv_send;
   for (int s = 0; s < c.ranks; ++s) {
     inject_fault_if_requested(c.rank, s);
     const int owner = RingSchedule::kv_owner(c.rank, s, c.ranks);
-    post_kv_exchange(c, kl, s, k_cur, v_cur, k_next, v_next, kv_recv, kv_send);
+    Tensor<T>& k_next = held.k_buf[s % 2];
+    Tensor<T>& v_next = held.v_buf[s % 2];
+    post_kv_exchange(c, kl, s, held, k_next, v_next, kv_recv, kv_send);
     // The partial dK/dV of the block held now, as rank r-1 left it after its step s-1: in flight
     // while this rank accumulates its own contribution into zeroed buffers.
     if (s > 0) {
-      shape_block(dk_in, k_shard, kl.shard_length(owner));
-      shape_block(dv_in, v_shard, kl.shard_length(owner));
+      shape_block(dk_in, k_shard, kl.shard_length(owner), longest);
+      shape_block(dv_in, v_shard, kl.shard_length(owner), longest);
       post_recv(dk_in, c.prev, kTagDK, comm, dkv_recv);
       post_recv(dv_in, c.prev, kTagDV, comm, dkv_recv);
     }
-    shape_block(dk_acc, k_shard, k_cur.dim(1));
-    shape_block(dv_acc, v_shard, v_cur.dim(1));
+    shape_block(dk_acc, k_shard, held.k->dim(1), longest);
+    shape_block(dv_acc, v_shard, held.v->dim(1), longest);
     dk_acc.fill(T(0));
     dv_acc.fill(T(0));
     const auto progress = [&] {
@@ -345,7 +350,7 @@ Gradients<T> ring_backward(MPI_Comm comm, const Tensor<T>& q_shard, const Tensor
       }
     };
     const auto t0 = std::chrono::steady_clock::now();
-    ring_backward_step(schedule, s, c.rank, q_shard, k_cur, v_cur, dout_shard, lse_shard, delta, options, g.dq,
+    ring_backward_step(schedule, s, c.rank, q_shard, *held.k, *held.v, dout_shard, lse_shard, delta, options, g.dq,
                        dk_acc, dv_acc, std::function<void()>(progress));
     const auto t1 = std::chrono::steady_clock::now();
     t.compute_s += std::chrono::duration<double>(t1 - t0).count();
@@ -365,8 +370,8 @@ Gradients<T> ring_backward(MPI_Comm comm, const Tensor<T>& q_shard, const Tensor
     wait(kv_send, c.timeout_s, "receipt of the K/V block sent at step " + std::to_string(s), c.next);
     t.wait_s += seconds_since(t1);
     if (s + 1 < c.ranks) {
-      std::swap(k_cur, k_next);
-      std::swap(v_cur, v_next);
+      held.k = &k_next;
+      held.v = &v_next;
     }
   }
   // Our own block's dK/dV come home from rank r-1, which held it at step N-1.
