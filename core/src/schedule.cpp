@@ -174,7 +174,7 @@ void RingSchedule::work(int step, int rank, std::int64_t kv_begin, std::int64_t 
       const std::int64_t first = std::max(ks.local_begin, kv_begin);
       const std::int64_t last = std::min(ks.local_begin + ks.length, kv_end);
       if (first >= last) continue;
-      PairWork p;
+      PairWork& p = w.pairs.emplace_back();  // filled in place: no copy of the struct
       p.q_segment = static_cast<int>(qi);
       p.kv_segment = static_cast<int>(ki);
       p.q = {q_offset_ + qs.start, qs.stride};
@@ -186,7 +186,6 @@ void RingSchedule::work(int step, int rank, std::int64_t kv_begin, std::int64_t 
       p.mask = classify_mask(p.q, p.q_rows, p.k, p.k_rows, causal_);
       p.visible = visible_pairs(p.q, p.q_rows, p.k, p.k_rows, causal_);
       w.visible += p.visible;
-      w.pairs.push_back(p);
     }
   }
 }
