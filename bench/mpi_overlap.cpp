@@ -514,8 +514,29 @@ int run(int argc, char** argv) {
 
 }  // namespace
 
+constexpr const char* kUsage =
+    "usage: mpirun -np N bench_mpi_overlap [--key=value ...]\n"
+    "  --sizes=256,512,1024,2048,4096  per-rank block sizes c (S = N c)\n"
+    "  --heads=8 --heads-kv=8,2 --dim=128\n"
+    "  --masks=full,causal             non-causal contiguous, causal zigzag\n"
+    "  --passes=fwd,bwd --reps=5\n"
+    "  --link-mbit=0                   throttled link rate, for the predicted efficiency\n"
+    "  --target=0.9 --target-block=2048  with >= 2 ranks, every case with c >= target-block\n"
+    "                                  must reach efficiency >= target (else FAILED, exit 1)\n"
+    "  --label=TEXT\n";
+
 int main(int argc, char** argv) {
   MPI_Init(&argc, &argv);
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--help" || arg == "-h") {
+      int rank = 0;
+      MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+      if (rank == 0) std::fputs(kUsage, stdout);
+      MPI_Finalize();
+      return 0;
+    }
+  }
   int status = 0;
   try {
     status = run(argc, argv);
