@@ -509,6 +509,7 @@ class ComparePasses : public CliTest, public ::testing::WithParamInterface<Compa
 // A correct implementation passes: every output line "ok", a final OK, exit 0; fresh seed each run.
 TEST_P(ComparePasses, OkAndExitZero) {
   const std::string args = "compare " + GetParam().args + " --seed " + std::to_string(gen_() % 1000000);
+  SCOPED_TRACE(args);  // the seed, to reproduce a failure
   const CliRun r = run(args, true);
   EXPECT_EQ(r.code, 0) << args << "\n" << r.out << r.err;
   EXPECT_NE(r.out.find("\nOK\n"), std::string::npos) << r.out;
@@ -590,6 +591,7 @@ TEST_F(CliTest, CompareSampledAgreesWithFull) {
   const std::string base = "compare --impl ring --layout striped --ranks 3 --seq 47 --seq-kv 53 --heads 4 --heads-kv 2 "
                            "--head-dim 16 --causal --backward --block-q 8 --block-kv 8 --seed " +
                            std::to_string(gen_() % 1000000);
+  SCOPED_TRACE(base);  // the seed, to reproduce a failure
   const CliRun full = run(base + " --full", true), all = run(base + " --sample-rows 1000", true),
                some = run(base + " --sample-rows 6", true);
   ASSERT_EQ(full.code, 0) << full.out << full.err;
