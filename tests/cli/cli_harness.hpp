@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "ringattn/core/npy.hpp"
 #include "ringattn/core/tensor.hpp"
 
 namespace {
@@ -30,6 +31,16 @@ struct CliRun {
   std::string err;
   std::string out;  // stdout, when asked for
 };
+
+[[maybe_unused]] ::testing::AssertionResult OneLineError(const CliRun& r) {
+  if (r.code == 0) return ::testing::AssertionFailure() << "exit code 0, stderr: " << r.err;
+  if (r.code >= 128) return ::testing::AssertionFailure() << "crashed (" << r.code << "): " << r.err;
+  const auto lines = std::count(r.err.begin(), r.err.end(), '\n');
+  if (lines != 1 || r.err.rfind("ringattn: error: ", 0) != 0) {
+    return ::testing::AssertionFailure() << "expected one 'ringattn: error:' line, got: [" << r.err << "]";
+  }
+  return ::testing::AssertionSuccess() << r.err;
+}
 
 class CliTest : public ::testing::Test {
  protected:
@@ -47,11 +58,12 @@ class CliTest : public ::testing::Test {
 
   std::string path(const std::string& f) const { return (dir_ / f).string(); }
 
-  // Runs `ringattn <args>`; stdout is kept when @p keep_stdout (else discarded).
-  CliRun run(const std::string& args, bool keep_stdout = false) const {
+  // Runs `ringattn <args>`, after @p launcher when given (e.g. "mpirun -np 2 "); stdout is kept
+  // when @p keep_stdout (else discarded).
+  CliRun run(const std::string& args, bool keep_stdout = false, const std::string& launcher = "") const {
     const std::string err = path("stderr.txt"), out = path("stdout.txt");
-    const std::string cmd =
-        std::string(RINGATTN_CLI) + " " + args + " >" + (keep_stdout ? out : std::string("/dev/null")) + " 2>" + err;
+    const std::string cmd = launcher + RINGATTN_CLI + " " + args + " >" +
+                            (keep_stdout ? out : std::string("/dev/null")) + " 2>" + err;
     const int status = std::system(cmd.c_str());
     CliRun r;
     r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
@@ -76,6 +88,27 @@ class CliTest : public ::testing::Test {
     std::normal_distribution<double> n;
     for (auto& x : t.values()) x = static_cast<T>(mul * n(gen_));
     return t;
+  }
+
+  // Writes a small random q.npy, k.npy, v.npy (B 1, S 16, H_q 4, H_kv 2, D 8) and, when asked,
+  // do.npy; returns their names (the inputs outputs_present() leaves out).
+  std::vector<std::string> save_small_inputs(bool with_dout) {
+    save_npy(path("q.npy"), random<double>({1, 16, 4, 8}));
+    save_npy(path("k.npy"), random<double>({1, 16, 2, 8}));
+    save_npy(path("v.npy"), random<double>({1, 16, 2, 8}));
+    if (!with_dout) return {"q.npy", "k.npy", "v.npy"};
+    save_npy(path("do.npy"), random<double>({1, 16, 4, 8}));
+    return {"q.npy", "k.npy", "v.npy", "do.npy"};
+  }
+
+  // `ringattn <args>` is refused: exit 1, one "ringattn: error:" line containing @p expect, and
+  // no file written besides @p inputs.
+  void expect_refused(const std::string& args, const std::string& expect, const std::vector<std::string>& inputs) {
+    const CliRun r = run(args);
+    EXPECT_EQ(r.code, 1) << args;
+    EXPECT_TRUE(OneLineError(r)) << args;
+    EXPECT_NE(r.err.find(expect), std::string::npos) << "message: " << r.err;
+    EXPECT_EQ(outputs_present(inputs), std::vector<std::string>{}) << args;
   }
 
   // Files in the folder other than the inputs the test wrote.
@@ -104,16 +137,6 @@ class CliTest : public ::testing::Test {
     }
   }
   return ::testing::AssertionSuccess();
-}
-
-[[maybe_unused]] ::testing::AssertionResult OneLineError(const CliRun& r) {
-  if (r.code == 0) return ::testing::AssertionFailure() << "exit code 0, stderr: " << r.err;
-  if (r.code >= 128) return ::testing::AssertionFailure() << "crashed (" << r.code << "): " << r.err;
-  const auto lines = std::count(r.err.begin(), r.err.end(), '\n');
-  if (lines != 1 || r.err.rfind("ringattn: error: ", 0) != 0) {
-    return ::testing::AssertionFailure() << "expected one 'ringattn: error:' line, got: [" << r.err << "]";
-  }
-  return ::testing::AssertionSuccess() << r.err;
 }
 
 }  // namespace

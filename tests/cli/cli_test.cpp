@@ -192,11 +192,7 @@ TEST_F(CliTest, CudaWithoutGpuIsOneLineError) {
 #else
   const std::string expect = "built without CUDA";
 #endif
-  save_npy(path("q.npy"), random<double>({1, 16, 4, 8}));
-  save_npy(path("k.npy"), random<double>({1, 16, 2, 8}));
-  save_npy(path("v.npy"), random<double>({1, 16, 2, 8}));
-  save_npy(path("do.npy"), random<double>({1, 16, 4, 8}));
-  const std::vector<std::string> inputs = {"q.npy", "k.npy", "v.npy", "do.npy"};
+  const std::vector<std::string> inputs = save_small_inputs(/*with_dout=*/true);
   const std::string qkv = " --q " + path("q.npy") + " --k " + path("k.npy") + " --v " + path("v.npy");
   for (const std::string& args :
        {"attention --impl cuda" + qkv + " --out " + path("o.npy"),
@@ -204,11 +200,7 @@ TEST_F(CliTest, CudaWithoutGpuIsOneLineError) {
             path("lse.npy") + " --dout " + path("do.npy") + " --dq " + path("dq.npy") + " --dk " + path("dk.npy") +
             " --dv " + path("dv.npy"),
         "decode --impl cuda --splits 3 --dtype fp16" + qkv + " --out " + path("o.npy")}) {
-    const CliRun r = run(args);
-    EXPECT_EQ(r.code, 1) << args;
-    EXPECT_TRUE(OneLineError(r)) << args;
-    EXPECT_NE(r.err.find(expect), std::string::npos) << "message: " << r.err;
-    EXPECT_EQ(outputs_present(inputs), std::vector<std::string>{}) << args;
+    expect_refused(args, expect, inputs);
   }
 }
 
@@ -223,11 +215,7 @@ TEST_F(CliTest, CudaRingWithoutGpuIsOneLineError) {
 #else
   const std::string expect = "built without CUDA";
 #endif
-  save_npy(path("q.npy"), random<double>({1, 16, 4, 8}));
-  save_npy(path("k.npy"), random<double>({1, 16, 2, 8}));
-  save_npy(path("v.npy"), random<double>({1, 16, 2, 8}));
-  save_npy(path("do.npy"), random<double>({1, 16, 4, 8}));
-  const std::vector<std::string> inputs = {"q.npy", "k.npy", "v.npy", "do.npy"};
+  const std::vector<std::string> inputs = save_small_inputs(/*with_dout=*/true);
   const std::string qkv = " --q " + path("q.npy") + " --k " + path("k.npy") + " --v " + path("v.npy");
   const std::string bwd = " --dout " + path("do.npy") + " --dq " + path("dq.npy") + " --dk " + path("dk.npy") +
                           " --dv " + path("dv.npy");
@@ -237,21 +225,13 @@ TEST_F(CliTest, CudaRingWithoutGpuIsOneLineError) {
             " --out " + path("o.npy") + " --lse " + path("lse.npy") + bwd,
         std::string("compare --impl cuda-ring --ranks 2 --seq 64 --heads 2 --head-dim 16"),
         "compare --impl cuda-ring --ranks 2 --layout zigzag" + qkv}) {
-    const CliRun r = run(args);
-    EXPECT_EQ(r.code, 1) << args;
-    EXPECT_TRUE(OneLineError(r)) << args;
-    EXPECT_NE(r.err.find(expect), std::string::npos) << "message: " << r.err;
-    EXPECT_EQ(outputs_present(inputs), std::vector<std::string>{}) << args;
+    expect_refused(args, expect, inputs);
   }
 #if RINGATTN_CLI_TEST_HAVE_CUDA
   // 16 tokens cannot be cut into 2 x 9 zigzag chunks: the layout's message, before the device.
   for (const std::string& args : {"attention --impl cuda-ring --ranks 9 --layout zigzag" + qkv + " --out " + path("o.npy"),
                                   "compare --impl cuda-ring --ranks 9 --layout zigzag" + qkv}) {
-    const CliRun r = run(args);
-    EXPECT_EQ(r.code, 1) << args;
-    EXPECT_TRUE(OneLineError(r)) << args;
-    EXPECT_NE(r.err.find("at least 18 tokens"), std::string::npos) << "message: " << r.err;
-    EXPECT_EQ(outputs_present(inputs), std::vector<std::string>{}) << args;
+    expect_refused(args, "at least 18 tokens", inputs);
   }
 #endif
 }
@@ -269,25 +249,13 @@ TEST_F(CliTest, CudaRingUnderMpirunWithoutGpuIsOneLineError) {
 #else
   const std::string expect = "built without";
 #endif
-  save_npy(path("q.npy"), random<double>({1, 16, 4, 8}));
-  save_npy(path("k.npy"), random<double>({1, 16, 2, 8}));
-  save_npy(path("v.npy"), random<double>({1, 16, 2, 8}));
-  const std::vector<std::string> inputs = {"q.npy", "k.npy", "v.npy"};
+  const std::vector<std::string> inputs = save_small_inputs(/*with_dout=*/false);
   // What every mpirun of the tests needs (the top-level CMakeLists.txt explains each).
   const std::string env = "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 "
                           "OMPI_MCA_rmaps_base_oversubscribe=1 OMPI_MCA_btl_vader_single_copy_mechanism=none ";
-  const std::string cmd = env + RINGATTN_CLI_TEST_MPIEXEC + " -np 2 " + RINGATTN_CLI +
-                          " attention --impl cuda-ring --layout zigzag --timeout 60 --q " + path("q.npy") + " --k " +
-                          path("k.npy") + " --v " + path("v.npy") + " --out " + path("o.npy") + " >/dev/null 2>" +
-                          path("err.txt");
-  const int status = std::system(cmd.c_str());
-  std::ifstream in(path("err.txt"));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  fs::remove(path("err.txt"));
-  CliRun r;
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  r.err = ss.str();
+  const CliRun r = run("attention --impl cuda-ring --layout zigzag --timeout 60 --q " + path("q.npy") + " --k " +
+                           path("k.npy") + " --v " + path("v.npy") + " --out " + path("o.npy"),
+                       false, env + RINGATTN_CLI_TEST_MPIEXEC + " -np 2 ");
   EXPECT_EQ(r.code, 1);
   // One line of ours (mpirun adds its own report of the non-zero exit after it).
   std::istringstream lines(r.err);
