@@ -350,12 +350,7 @@ void backward_tensor_core(const BwdLaunch& a, cudaStream_t stream) {
   p.heads_q = static_cast<int>(a.heads_q);
   p.heads_kv = static_cast<int>(a.heads_kv);
   p.group = static_cast<int>(a.heads_q / a.heads_kv);
-  p.mask.causal = a.causal;
-  p.mask.q_offset = a.q_offset;
-  p.mask.q_stride = a.q_stride;
-  p.mask.k_offset = a.k_offset;
-  p.mask.k_stride = a.k_stride;
-  p.mask.seq_kv = static_cast<int>(a.seq_kv);
+  p.mask = tc::mask_params(a);
   p.scale = a.scale;
   p.scale_log2 = static_cast<float>(static_cast<double>(a.scale) * tc::kLog2e);
 

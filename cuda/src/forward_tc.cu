@@ -260,12 +260,7 @@ void forward_tensor_core(const FwdLaunch& a, cudaStream_t stream) {
   p.heads_q = static_cast<int>(a.heads_q);
   p.heads_kv = static_cast<int>(a.heads_kv);
   p.group = static_cast<int>(a.heads_q / a.heads_kv);
-  p.mask.causal = a.causal;
-  p.mask.q_offset = a.q_offset;
-  p.mask.q_stride = a.q_stride;
-  p.mask.k_offset = a.k_offset;
-  p.mask.k_stride = a.k_stride;
-  p.mask.seq_kv = static_cast<int>(a.seq_kv);
+  p.mask = tc::mask_params(a);
   p.scale_log2 = static_cast<float>(static_cast<double>(a.scale) * tc::kLog2e);
 
   const bool bf16 = a.dtype == DType::BF16;

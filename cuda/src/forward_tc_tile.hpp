@@ -57,6 +57,19 @@ struct MaskParams {
   int seq_kv = 0;
 };
 
+/// The mask of a resolved launch (detail::FwdLaunch or BwdLaunch: the same field names).
+template <class Launch>
+MaskParams mask_params(const Launch& a) {
+  MaskParams m;
+  m.causal = a.causal;
+  m.q_offset = a.q_offset;
+  m.q_stride = a.q_stride;
+  m.k_offset = a.k_offset;
+  m.k_stride = a.k_stride;
+  m.seq_kv = static_cast<int>(a.seq_kv);
+  return m;
+}
+
 /// The last key index query row @p row may see, -1 when none: key j is visible iff j < S_kv
 /// and (not causal or k_pos(j) <= q_pos(row)); keys are sorted by position, so the visible keys
 /// are a prefix [0, visible_key_end) (tile_math.hpp, shared with the other kernels). One integer
