@@ -150,44 +150,30 @@ StepWork RingSchedule::work(int step, int rank, std::int64_t kv_begin, std::int6
   return w;
 }
 
-void RingSchedule::work(int step, int rank, std::int64_t kv_begin, std::int64_t kv_end,
-                        StepWork& w) const {
+int RingSchedule::checked_owner(int step, int rank, std::int64_t kv_begin, std::int64_t kv_end) const {
   const int n = ranks();
   require(step >= 0 && step < n && rank >= 0 && rank < n, "step ", step, " / rank ", rank,
           " out of range for a ring of ", n);
+  const int owner = kv_owner(rank, step, n);
+  const std::int64_t block = kv_layout_.shard_length(owner);
+  require(kv_begin >= 0 && kv_begin < kv_end && kv_end <= block, "key rows [", kv_begin, ", ",
+          kv_end, ") are not a non-empty range inside the ", block, "-row block of rank ",
+          owner, " (step ", step, ", rank ", rank, ")");
+  return owner;
+}
+
+void RingSchedule::work(int step, int rank, std::int64_t kv_begin, std::int64_t kv_end,
+                        StepWork& w) const {
   w.pairs.clear();
   w.visible = 0;
   w.step = step;
   w.rank = rank;
-  w.kv_owner = kv_owner(rank, step, n);
-  const std::int64_t block = kv_layout_.shard_length(w.kv_owner);
-  require(kv_begin >= 0 && kv_begin < kv_end && kv_end <= block, "key rows [", kv_begin, ", ",
-          kv_end, ") are not a non-empty range inside the ", block, "-row block of rank ",
-          w.kv_owner, " (step ", step, ", rank ", rank, ")");
-  const auto& qsegs = q_layout_.segments(rank);
-  const auto& ksegs = kv_layout_.segments(w.kv_owner);
-  for (std::size_t qi = 0; qi < qsegs.size(); ++qi) {
-    for (std::size_t ki = 0; ki < ksegs.size(); ++ki) {
-      const Segment& qs = qsegs[qi];
-      const Segment& ks = ksegs[ki];
-      // The key segment's rows inside [kv_begin, kv_end), in local indices.
-      const std::int64_t first = std::max(ks.local_begin, kv_begin);
-      const std::int64_t last = std::min(ks.local_begin + ks.length, kv_end);
-      if (first >= last) continue;
-      PairWork& p = w.pairs.emplace_back();  // filled in place: no copy of the struct
-      p.q_segment = static_cast<int>(qi);
-      p.kv_segment = static_cast<int>(ki);
-      p.q = {q_offset_ + qs.start, qs.stride};
-      p.q_rows = qs.length;
-      p.q_local = qs.local_begin;
-      p.k = {ks.position(first - ks.local_begin), ks.stride};
-      p.k_rows = last - first;
-      p.k_local = first;
-      p.mask = classify_mask(p.q, p.q_rows, p.k, p.k_rows, causal_);
-      p.visible = visible_pairs(p.q, p.q_rows, p.k, p.k_rows, causal_);
-      w.visible += p.visible;
-    }
-  }
+  w.kv_owner = for_each_pair(step, rank, kv_begin, kv_end, [&](const PairWork& pair) {
+    PairWork& p = w.pairs.emplace_back(pair);
+    p.mask = classify_mask(p.q, p.q_rows, p.k, p.k_rows, causal_);
+    p.visible = visible_pairs(p.q, p.q_rows, p.k, p.k_rows, causal_);
+    w.visible += p.visible;
+  });
 }
 
 StepCost RingSchedule::cost(int step, int rank, const AttentionShape& shape, int elem_bytes,

@@ -269,35 +269,21 @@ class Ring {
   }
 
   // Attention kernel calls of one sub-block: launch + FLOPs at the kernel's efficiency per pair.
-  //
-  // The pairs are RingSchedule::work(step, d, kb, ke)'s, in its order, with its visible counts
-  // (core's visible_pairs), but enumerated here without materializing a StepWork: this runs for
-  // every compute task, and copying out the pair list took a fifth of a run. As documented for
-  // work(): every (query segment of d, key segment of the owner) pair whose key segment has rows
-  // in [kb, ke), its key positions starting at the first such row. The RandomRings test checks
-  // every task's FLOPs against work().
+  // The pairs are RingSchedule::work's, visited without building the list (this runs for every
+  // compute task); the RandomRings test checks every task's FLOPs against work().
   double kernel_time(int d, std::int64_t m, bool backward, double& flops) {
     const auto [kb, ke] = rows_of(d, m);
-    const int owner = owner_of(d, m);
-    if (kb >= ke) sched_.work(step_of(m), d, kb, ke, work_);  // throws core's message
     double t = 0;
     flops = 0;
-    for (const Segment& qs : sched_.q_layout().segments(d)) {
-      for (const Segment& ks : sched_.kv_layout().segments(owner)) {
-        const std::int64_t first = std::max(ks.local_begin, kb);
-        const std::int64_t last = std::min(ks.local_begin + ks.length, ke);
-        if (first >= last) continue;
-        const Positions q{sched_.q_offset() + qs.start, qs.stride};
-        const Positions k{ks.position(first - ks.local_begin), ks.stride};
-        const std::int64_t visible = visible_pairs(q, qs.length, k, last - first, sched_.causal());
-        if (visible == 0) continue;
-        const double f = backward ? attention_flops_backward(w_.batch, w_.heads_q, w_.head_dim, visible)
-                                  : attention_flops_forward(w_.batch, w_.heads_q, w_.head_dim, visible);
-        const double eff = opt_.ideal ? 1.0 : efficiency(qs.length, last - first);
-        t += launch_ + f / (peak_ * eff);
-        flops += f;
-      }
-    }
+    sched_.for_each_pair(step_of(m), d, kb, ke, [&](const PairWork& p) {
+      const std::int64_t visible = visible_pairs(p.q, p.q_rows, p.k, p.k_rows, sched_.causal());
+      if (visible == 0) return;
+      const double f = backward ? attention_flops_backward(w_.batch, w_.heads_q, w_.head_dim, visible)
+                                : attention_flops_forward(w_.batch, w_.heads_q, w_.head_dim, visible);
+      const double eff = opt_.ideal ? 1.0 : efficiency(p.q_rows, p.k_rows);
+      t += launch_ + f / (peak_ * eff);
+      flops += f;
+    });
     return t;
   }
 
@@ -543,7 +529,6 @@ class Ring {
   std::vector<Dev> dev_;
   std::vector<std::int64_t> shard_;    // K/V rows per rank
   std::vector<const LinkSpec*> hop_;   // link of the hop d -> d + 1
-  StepWork work_;                      // kernel_time's error path only
   struct EffMemo {
     std::int64_t q_rows = -1, k_rows = -1;  // -1: empty
     double eff = 0;

@@ -13,6 +13,8 @@
 ///   - Skip:           no query sees any key; the step's kernel for this pair is not launched.
 #pragma once
 
+#include <algorithm>
+#include <cstddef>
 #include <cstdint>
 #include <string_view>
 #include <utility>
@@ -136,6 +138,38 @@ class RingSchedule {
   /// The same as work(step, rank, kv_begin, kv_end), written into @p out (its pair storage is
   /// reused, so a caller asking for millions of steps, like the simulator, does not allocate).
   void work(int step, int rank, std::int64_t kv_begin, std::int64_t kv_end, StepWork& out) const;
+  /// Visits the pairs work(step, rank, kv_begin, kv_end) lists, in its order, without building
+  /// a StepWork: @p fn(const PairWork&) sees every field but mask and visible (left at their
+  /// defaults; classify_mask and visible_pairs give them), for loops that need only some of them,
+  /// like the simulator's task costs. work() is built on it. Throws like work(); returns the
+  /// block's owner.
+  template <class Fn>
+  int for_each_pair(int step, int rank, std::int64_t kv_begin, std::int64_t kv_end, Fn&& fn) const {
+    const int owner = checked_owner(step, rank, kv_begin, kv_end);
+    const auto& qsegs = q_layout_.segments(rank);
+    const auto& ksegs = kv_layout_.segments(owner);
+    PairWork p;
+    for (std::size_t qi = 0; qi < qsegs.size(); ++qi) {
+      const Segment& qs = qsegs[qi];
+      for (std::size_t ki = 0; ki < ksegs.size(); ++ki) {
+        const Segment& ks = ksegs[ki];
+        // The key segment's rows inside [kv_begin, kv_end), in local indices.
+        const std::int64_t first = std::max(ks.local_begin, kv_begin);
+        const std::int64_t last = std::min(ks.local_begin + ks.length, kv_end);
+        if (first >= last) continue;
+        p.q_segment = static_cast<int>(qi);
+        p.kv_segment = static_cast<int>(ki);
+        p.q = {q_offset_ + qs.start, qs.stride};
+        p.q_rows = qs.length;
+        p.q_local = qs.local_begin;
+        p.k = {ks.position(first - ks.local_begin), ks.stride};
+        p.k_rows = last - first;
+        p.k_local = first;
+        fn(static_cast<const PairWork&>(p));
+      }
+    }
+    return owner;
+  }
   /// Local row range [first, last) of sub-block @p index when a block of @p rows rows is sent as
   /// @p parts messages, balanced like the layouts: [floor(index*rows/parts),
   /// floor((index+1)*rows/parts)), so sizes differ by at most one. Throws ringattn::Error unless
@@ -148,6 +182,9 @@ class RingSchedule {
                               int grad_bytes) const;
 
  private:
+  // Checks step, rank and the key row range as work() documents; returns the block's owner.
+  [[nodiscard]] int checked_owner(int step, int rank, std::int64_t kv_begin, std::int64_t kv_end) const;
+
   SequenceLayout q_layout_;
   SequenceLayout kv_layout_;
   bool causal_;
