@@ -157,12 +157,6 @@ void shape_block(Tensor<T>& block, const Tensor<T>& shard, std::int64_t rows, st
   block.resize({shard.dim(0), rows, shard.dim(2), shard.dim(3)});
 }
 
-std::int64_t longest_shard(const SequenceLayout& l) {
-  std::int64_t longest = 0;
-  for (int r = 0; r < l.ranks(); ++r) longest = std::max(longest, l.shard_length(r));
-  return longest;
-}
-
 // The K/V block a rank holds: its own shard at step 0 (read in place, never copied), then the
 // buffer of the pair that received it. Two receive buffers alternate: the one received at step
 // s - 1 is held (and sent on) at step s while the next block lands in the other.
@@ -182,8 +176,9 @@ void post_kv_exchange(const Context& c, const SequenceLayout& kl, int s, const H
                       std::vector<MPI_Request>& send) {
   if (s + 1 >= c.ranks) return;
   const int incoming = RingSchedule::kv_owner(c.rank, s + 1, c.ranks);
-  shape_block(k_next, *held.k, kl.shard_length(incoming), longest_shard(kl));
-  shape_block(v_next, *held.v, kl.shard_length(incoming), longest_shard(kl));
+  const std::int64_t longest = kl.max_shard_length();
+  shape_block(k_next, *held.k, kl.shard_length(incoming), longest);
+  shape_block(v_next, *held.v, kl.shard_length(incoming), longest);
   post_recv(k_next, c.prev, kTagK, c.comm, recv);
   post_recv(v_next, c.prev, kTagV, c.comm, recv);
   post_send(*held.k, c.next, kTagK, c.comm, send);
@@ -320,7 +315,7 @@ Gradients<T> ring_backward(MPI_Comm comm, const Tensor<T>& q_shard, const Tensor
   // shard: the K/V blocks (HeldBlocks) and, for dK and for dV, the partial arriving (in), the
   // one being accumulated (acc) and the one sent after the previous step (out, in flight until
   // its send completes; then it becomes the next accumulator).
-  const std::int64_t longest = longest_shard(kl);
+  const std::int64_t longest = kl.max_shard_length();
   HeldBlocks<T> held{&k_shard, &v_shard, {}, {}};
   Tensor<T> dk_in, dv_in, dk_acc, dv_acc, dk_out, dv_out;
   RingTiming t;
