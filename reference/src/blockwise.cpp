@@ -45,12 +45,6 @@ void check_kernel_views(const SeqView<const T>& q, const SeqView<const T>& k, co
           "kernel: scale must be finite and positive");
 }
 
-// The kernel's scale: args.scale, or 1/sqrt(D) when it is not given.
-template <class T>
-T kernel_scale(const KernelArgs& args, std::int64_t head_dim) {
-  return static_cast<T>(args.scale ? *args.scale : 1.0 / std::sqrt(static_cast<double>(head_dim)));
-}
-
 template <class L, class T>
 void check_lse_view(const LseView<L>& l, const SeqView<const T>& q, const char* name) {
   require(l.batch == q.batch && l.heads == q.heads && l.seq == q.seq, name,
@@ -85,7 +79,7 @@ void block_forward(SeqView<const T> q, SeqView<const T> k, SeqView<const T> v, c
   check_lse_view(lse, q, "LSE");
   const std::int64_t Br = args.block_q, Bc = args.block_kv, D = q.dim;
   const std::int64_t group = q.heads / k.heads;
-  const T scale = kernel_scale<T>(args, D);
+  const T scale = static_cast<T>(resolve_scale(args.scale, D));
   Mat<T> Qs(std::min(Br, q.seq), D), S(std::min(Br, q.seq), std::min(Bc, std::max<std::int64_t>(k.seq, 1)));
   Mat<T> O(std::min(Br, q.seq), D);
   Vec<T> m(Qs.rows()), l(Qs.rows()), m_safe(Qs.rows()), alpha(Qs.rows());
@@ -157,7 +151,7 @@ void block_backward(SeqView<const T> q, SeqView<const T> k, SeqView<const T> v, 
   check_lse_view(delta, q, "D");
   const std::int64_t Br = args.block_q, Bc = args.block_kv, D = q.dim;
   const std::int64_t group = q.heads / k.heads;
-  const T scale = kernel_scale<T>(args, D);
+  const T scale = static_cast<T>(resolve_scale(args.scale, D));
   const std::int64_t br = std::min(Br, q.seq), bc = std::min(Bc, k.seq);
   Mat<T> Qs(br, D), S(br, bc), dP(br, bc), dK(bc, D), dV(bc, D);
   for (std::int64_t b = 0; b < q.batch; ++b) {

@@ -41,8 +41,12 @@ void check_options(const AttentionOptions& options) {
   require(options.block_kv >= 1, "block_kv (Bc) must be at least 1, got ", options.block_kv);
 }
 
+double resolve_scale(std::optional<double> scale, std::int64_t head_dim) {
+  return scale ? *scale : 1.0 / std::sqrt(static_cast<double>(head_dim));
+}
+
 double resolve_scale(const AttentionOptions& options, std::int64_t head_dim) {
-  return options.scale ? *options.scale : 1.0 / std::sqrt(static_cast<double>(head_dim));
+  return resolve_scale(options.scale, head_dim);
 }
 
 #define INSTANTIATE(T)                                                                          \

@@ -59,6 +59,8 @@ void check_backward_inputs(const AttentionShape& shape, const Tensor<T>& out, co
                            const Tensor<T>& dout);
 /// Checks the options (finite positive scale, block sizes >= 1); throws ringattn::Error.
 void check_options(const AttentionOptions& options);
+/// The scale in use: @p scale or, when empty, 1/sqrt(D) (the one rule for options and kernels).
+double resolve_scale(std::optional<double> scale, std::int64_t head_dim);
 /// The scale in use: options.scale or 1/sqrt(D).
 double resolve_scale(const AttentionOptions& options, std::int64_t head_dim);
 
