@@ -7,14 +7,14 @@
 #      scripts/gpu-check.sh --prepare      copies Eigen, CLI11 and nlohmann-json (headers + CMake
 #                                          files), Google Benchmark (headers, shared library, CMake
 #                                          files) and GoogleTest's sources into .gpu-deps/ (about
-#                                          10 MiB; git-ignored through .git/info/exclude, so it
-#                                          travels only when named in the device call's carry)
-# 2. On the GPU machine, from the repository root, through the device tool:
-#      run(command="PYTHONUNBUFFERED=1 scripts/gpu-check.sh", carry=[".gpu-deps"], timeout_s=600)
+#                                          10 MiB; git-ignored through .git/info/exclude, so a
+#                                          copy of the tree to the GPU machine must name it)
+# 2. On the GPU machine, from the repository root of a copy of the tree that includes .gpu-deps:
+#      PYTHONUNBUFFERED=1 scripts/gpu-check.sh
 #    (--quick for the short benchmark grid; the whole run is kept under --time-limit, 570 s, and
-#    a phase that would outrun it is cut, the summary still printed). If one call is too short,
-#    split it; the build folder (build-gpu, ignored) survives between calls only while the
-#    machine stays warm (30 s), so a later call rebuilds what it needs:
+#    a phase that would outrun it is cut, the summary still printed). If one run is too short,
+#    split it; the build folder (build-gpu, ignored) is reused only where it survives between
+#    runs, so a later run on a fresh machine rebuilds what it needs:
 #      scripts/gpu-check.sh --skip bench,sdpa,compare                  build, tests, sanitizers
 #      scripts/gpu-check.sh --skip test-gpu,test-host,sanitize --targets bench_attention_cuda
 #      scripts/gpu-check.sh --only build,ring --targets bench_ring_cuda   the ring benchmark alone
@@ -40,10 +40,11 @@
 # The summary table comes last, with the judged targets and the ring's key lines under it.
 # Performance targets that MISS are reported, not failures (--strict-perf makes them failures).
 #
-# Output (--out DIR, default $OUT on the device machine, else <build>/gpu-check-out), at most 8
-# files as the device tool returns: summary.txt, console.log, logs.tar.gz (every phase's log, the
-# CTest/GoogleTest XML, env.txt, the ring's Chrome trace ring_trace.json), ringattn_bench.json/.csv,
-# sdpa_bench.json, bench_compare.csv, ring_bench.json.
+# Output (--out DIR, default $OUT when set, else <build>/gpu-check-out), at most 8 files, so that
+# a runner that returns only a few files gets them all: summary.txt, console.log, logs.tar.gz
+# (every phase's log, the CTest/GoogleTest XML, env.txt, the ring's Chrome trace
+# ring_trace.json), ringattn_bench.json/.csv, sdpa_bench.json, bench_compare.csv,
+# ring_bench.json.
 #
 # Options:
 #   --prepare            (here) copy the dependencies into --deps DIR (default .gpu-deps)
@@ -201,9 +202,9 @@ prepare() {
   fi
   echo "== sizes"
   du -sh "$dst"/include/* "$dst"/share/eigen3 "$dst"/share/cmake/* "$dst"/src/googletest "$dst"/lib | sed 's/^/   /'
-  echo "   total: $(du -sh "$dst" | cut -f1) ($(du -sb "$dst" | cut -f1) bytes; the device tool carries 64 MiB in all)"
+  echo "   total: $(du -sh "$dst" | cut -f1) ($(du -sb "$dst" | cut -f1) bytes)"
   local rel=${dst#"$root"/}
-  echo "== device call: run(command=\"PYTHONUNBUFFERED=1 scripts/gpu-check.sh\", carry=[\"$rel\"], timeout_s=600)"
+  echo "== next, on the GPU machine, in a copy of this tree that includes $rel/: PYTHONUNBUFFERED=1 scripts/gpu-check.sh"
 }
 
 if [[ $mode == prepare ]]; then
@@ -219,7 +220,7 @@ if ((dry)); then
 else
   mkdir -p "$out" "$logs"
   rm -f "$logs"/*.log "$logs"/*.xml "$logs"/*.txt "$out/console.log" "$out/summary.txt" "$out/bench_compare.csv"
-  # Everything on the console also goes to console.log (the device tool returns only the tail).
+  # Everything on the console also goes to console.log (a remote runner may return only its tail).
   exec 3>&1 4>&2
   exec > >(tee -a "$out/console.log") 2>&1
   tee_pid=$!
