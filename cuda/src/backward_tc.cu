@@ -40,8 +40,9 @@
 // and every warp is done with tile i-1, whose stage the next load overwrites and whose dS^T tile
 // this one overwrites), one between writing dS^T and reading it back for dQ.
 //
-// The warp-level tile math is in backward_tc_tile.hpp (shared matrix products: tc_warp_ops.hpp),
-// run on the CPU by tests/cuda/mma_backward_emulation_test.cpp against the long-double oracle;
+// The CTA program (backward_cta) and the warp-level tile math are in backward_tc_tile.hpp (shared
+// matrix products: tc_warp_ops.hpp), run on the CPU by tests/cuda/mma_backward_emulation_test.cpp
+// on an emulated CTA (with a shared-memory race check) against the long-double oracle; DeviceCta,
 // DeviceWarp and cp.async are in tc_device.cuh. Needs sm_80+; built for 80 and 90.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -107,123 +108,14 @@ __global__ void __launch_bounds__(kDeltaThreads)
 
 // ---- the main kernel --------------------------------------------------------------------------
 
-/// Kernel arguments (BwdLaunch resolved into what the kernel indexes with).
-struct BwdParams {
-  const std::uint16_t* q = nullptr;     // (B, S_q, H_q, D)
-  const std::uint16_t* k = nullptr;     // (B, S_kv, H_kv, D)
-  const std::uint16_t* v = nullptr;     // (B, S_kv, H_kv, D)
-  const std::uint16_t* dout = nullptr;  // (B, S_q, H_q, D)
-  const float* lse = nullptr;           // (B, H_q, S_q)
-  const float* delta = nullptr;         // (B, H_q, S_q)
-  float* dq = nullptr;                  // (B, S_q, H_q, D), added to
-  float* dk = nullptr;                  // (B, S_kv, H_kv, D)
-  float* dv = nullptr;                  // (B, S_kv, H_kv, D)
-  bool accumulate = false;              // dK, dV added to (dQ always is: zeroed first otherwise)
-  int seq_q = 0, heads_q = 0, heads_kv = 0, group = 1;  // group = H_q / H_kv
-  MaskParams mask;
-  float scale = 0.0f;
-  float scale_log2 = 0.0f;  // scale * log2(e)
-};
-
-/// One CTA: key rows [blockIdx.x Bc, +Bc) of kv head blockIdx.y, batch blockIdx.z.
+/// One CTA: backward_cta (backward_tc_tile.hpp) on the device's CTA policy.
 template <class Elem, int D>
 __global__ void __launch_bounds__(kThreads) backward_tc_kernel(const BwdParams p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  using L = BwdSmem<D>;
-  // Shared memory (every 16-bit tile swizzled): K_j, V_j, Q_i x 2 stages, dO_i x 2, dS^T; then
-  // LSE_i x 2, D_i x 2 in floats (57 KiB at D = 64, 105 KiB at D = 128).
+  // Shared memory: BwdSmem<D> (57 KiB at D = 64, 105 KiB at D = 128).
   extern __shared__ __align__(128) std::uint16_t smem[];
-  std::uint16_t* const sK = smem + L::kK;
-  std::uint16_t* const sV = smem + L::kV;
-  std::uint16_t* const sQ = smem + L::kQ;
-  std::uint16_t* const sdO = smem + L::kDO;
-  std::uint16_t* const sdS = smem + L::kDS;
-  float* const sRows = reinterpret_cast<float*>(smem + L::kElems16);
-
-  const int tid = static_cast<int>(threadIdx.x);
-  const int warp = tid / 32;
-  const int k0 = static_cast<int>(blockIdx.x) * kBwdBc;
-  const int hk = static_cast<int>(blockIdx.y);
-  const int b = static_cast<int>(blockIdx.z);
-  const int seq_q = p.seq_q;
-  const int seq_kv = p.mask.seq_kv;
-  const std::int64_t q_row_stride = static_cast<std::int64_t>(p.heads_q) * D;   // between query rows
-  const std::int64_t kv_row_stride = static_cast<std::int64_t>(p.heads_kv) * D;
-  const std::int64_t kv_first = bshd_offset(b, k0, hk, seq_kv, p.heads_kv, D);
-  const int kv_rows = min(kBwdBc, seq_kv - k0);
-
-  // Query tiles that see no key of this tile are skipped without loading: [begin, Tr) per head.
-  const int first_start = query_start(p.mask, seq_q, k0);  // S_q: no query sees any key of the tile
-  const int begin = q_tile_begin(first_start);
-  const int per_head = q_tile_count(seq_q) - begin;
-  const int n_iter = first_start < seq_q ? p.group * per_head : 0;
-
-  auto rows_of = [&](int it) { return bwd_iteration(it, per_head, begin, hk, p.group); };
-  auto load_q_tile = [&](int it, int stage) {
-    const BwdIteration at = rows_of(it);
-    const int valid = min(kBwdBr, seq_q - at.q0);
-    const std::int64_t first = bshd_offset(b, at.q0, at.head, seq_q, p.heads_q, D);
-    load_tile_async<D, kBwdBr>(sQ + stage * kBwdBr * D, p.q + first, q_row_stride, valid);
-    load_tile_async<D, kBwdBr>(sdO + stage * kBwdBr * D, p.dout + first, q_row_stride, valid);
-    const RowCopy rc = row_copy(tid);
-    const std::int64_t row_first = bhs_offset(b, at.head, at.q0, p.heads_q, seq_q);
-    const float* src = (rc.delta ? p.delta : p.lse) + row_first;
-    float* dst = sRows + (rc.delta ? L::kDelta : L::kLse) + stage * kBwdBr + rc.row;
-    const bool ok = rc.row < valid;
-    cp_async_4(dst, ok ? src + rc.row : src, ok ? 4 : 0);  // tails zero-filled (and masked)
-  };
-
-  // Prologue: group 0 = K_j, V_j (tails zero-filled) and tile 0; nothing when no query sees the
-  // tile (dK_j = dV_j = 0 are stored below all the same).
-  if (n_iter > 0) {
-    load_tile_async<D, kBwdBc>(sK, p.k + kv_first, kv_row_stride, kv_rows);
-    load_tile_async<D, kBwdBc>(sV, p.v + kv_first, kv_row_stride, kv_rows);
-    load_q_tile(0, 0);
-  }
-  cp_async_commit();
-
-  using W = DeviceWarp<Elem>;
-  W w;
-  BwdWarpState<W, D> st;
-  bwd_warp_begin(w, st, warp, [&](int row) { return query_start(p.mask, seq_q, static_cast<std::int64_t>(k0) + row); });
-  // The warp's last key row: if every tile row sees it, every row sees all the warp's keys.
-  const int last_start = query_start(p.mask, seq_q, static_cast<std::int64_t>(k0) + 16 * warp + 15);
-
-  for (int it = 0; it < n_iter; ++it) {
-    const int stage = it & 1;
-    cp_async_wait<0>();  // tile it (and, at it = 0, K_j, V_j) has landed for this thread ...
-    __syncthreads();     // ... and for all; every warp is done with tile it-1 (stage ^ 1, dS^T)
-    if (it + 1 < n_iter) load_q_tile(it + 1, stage ^ 1);  // overlaps with all of tile it's math
-    cp_async_commit();
-
-    const BwdIteration at = rows_of(it);
-    const int q_valid = min(kBwdBr, seq_q - at.q0);
-    const std::uint16_t* const q_tile = sQ + stage * kBwdBr * D;
-    const std::uint16_t* const do_tile = sdO + stage * kBwdBr * D;
-    const float* const lse = sRows + L::kLse + stage * kBwdBr;
-    const float* const delta = sRows + L::kDelta + stage * kBwdBr;
-    if (bwd_tile_needs_mask(at.q0, last_start, seq_q)) {
-      bwd_warp_tile<true>(w, st, warp, at.q0, q_valid, sK, sV, q_tile, do_tile, lse, delta, sdS, p.scale_log2);
-    } else {
-      bwd_warp_tile<false>(w, st, warp, at.q0, q_valid, sK, sV, q_tile, do_tile, lse, delta, sdS, p.scale_log2);
-    }
-    __syncthreads();  // dS^T of every warp is in sdS: each warp's dQ rows need all 64 keys
-
-    DqBlock dq;
-    dq.dq = p.dq + bshd_offset(b, at.q0, at.head, seq_q, p.heads_q, D);
-    dq.row_stride = q_row_stride;
-    dq.rows = q_valid;
-    bwd_warp_dq<W, D>(w, warp, sdS, sK, p.scale, dq);
-  }
-  cp_async_wait<0>();  // no copy may still target shared memory when the CTA exits
-
-  DkvBlock out;
-  out.dk = p.dk + kv_first;
-  out.dv = p.dv + kv_first;
-  out.row_stride = kv_row_stride;
-  out.rows = kv_rows;
-  out.accumulate = p.accumulate;
-  bwd_warp_store(w, st, warp, p.scale, out);
+  DeviceCta<Elem> cta(smem);
+  backward_cta<D>(cta, p);
 #else
   // Built for an architecture without cp.async / ldmatrix / bf16 mma: never launched there
   // (backward_tensor_core_supports checks the device), trap if it is anyway.

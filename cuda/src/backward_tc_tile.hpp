@@ -7,8 +7,10 @@
 //   w.sts_u32(smem, offset, u)     a lane's 32-bit store to shared memory (dS^T, two 16-bit values)
 //   w.add_dq(out, row, col, a, b)  dQ[row][col, col + 1] += (a, b) in global memory (atomicAdd)
 //   w.store_dkdv(out, row, col, dk0, dk1, dv0, dv1)  dK, dV rows written (or added to)
-// ), and the CTA-level index math (which query tiles a key tile visits, which need the mask, how
-// an iteration maps to a GQA head and a query tile) as constexpr functions the emulation shares.
+// ), the CTA-level index math (which query tiles a key tile visits, which need the mask, how
+// an iteration maps to a GQA head and a query tile) as constexpr functions, and the CTA program
+// itself (backward_cta, over the CTA policy of forward_tc_tile.hpp): the kernel calls it on the
+// GPU, the emulation runs it on four emulated warps with a shared-memory race check.
 //
 // FlashAttention-2 backward (Dao 2023, Algorithm 2), one CTA per key tile j (Bc = 64 rows, 16 per
 // warp), iterating over query tiles i (Br = 64 rows) of every query head of the GQA group. Each
@@ -323,6 +325,132 @@ RINGATTN_HOST_DEVICE void bwd_warp_store(W& w, const BwdWarpState<W, D>& st, int
                    st.dv[n][2 * r], st.dv[n][2 * r + 1]);
     }
   }
+}
+
+// ---- the CTA program: backward_tc_kernel -----------------------------------------------------
+
+/// Kernel arguments (BwdLaunch resolved into what the kernel indexes with).
+struct BwdParams {
+  const std::uint16_t* q = nullptr;     // (B, S_q, H_q, D)
+  const std::uint16_t* k = nullptr;     // (B, S_kv, H_kv, D)
+  const std::uint16_t* v = nullptr;     // (B, S_kv, H_kv, D)
+  const std::uint16_t* dout = nullptr;  // (B, S_q, H_q, D)
+  const float* lse = nullptr;           // (B, H_q, S_q)
+  const float* delta = nullptr;         // (B, H_q, S_q)
+  float* dq = nullptr;                  // (B, S_q, H_q, D), added to
+  float* dk = nullptr;                  // (B, S_kv, H_kv, D)
+  float* dv = nullptr;                  // (B, S_kv, H_kv, D)
+  bool accumulate = false;              // dK, dV added to (dQ always is: zeroed first otherwise)
+  int seq_q = 0, heads_q = 0, heads_kv = 0, group = 1;  // group = H_q / H_kv
+  MaskParams mask;
+  float scale = 0.0f;
+  float scale_log2 = 0.0f;  // scale * log2(e)
+};
+
+/// One CTA of the backward: key rows [block_x Bc, +Bc) of kv head block_y, batch block_z.
+/// Per query tile the CTA passes two barriers: one at the top (tile i has landed for every
+/// thread, and every warp is done with tile i-1, whose stage the next load overwrites and whose
+/// dS^T tile this one overwrites), one between writing dS^T and reading it back for dQ.
+template <int D, class C>
+RINGATTN_HOST_DEVICE void backward_cta(C& c, const BwdParams& p) {
+  using W = typename C::W;
+  using L = BwdSmem<D>;
+  // Shared memory (every 16-bit tile swizzled): K_j, V_j, Q_i x 2 stages, dO_i x 2, dS^T; then
+  // LSE_i x 2, D_i x 2 in floats.
+  std::uint16_t* const smem = c.smem();
+  std::uint16_t* const sK = smem + L::kK;
+  std::uint16_t* const sV = smem + L::kV;
+  std::uint16_t* const sQ = smem + L::kQ;
+  std::uint16_t* const sdO = smem + L::kDO;
+  std::uint16_t* const sdS = smem + L::kDS;
+  float* const sRows = reinterpret_cast<float*>(smem + L::kElems16);
+
+  const int warp = c.warp();
+  const int k0 = c.block_x() * kBwdBc;
+  const int hk = c.block_y();
+  const int b = c.block_z();
+  const int seq_q = p.seq_q;
+  const int seq_kv = p.mask.seq_kv;
+  const std::int64_t q_row_stride = static_cast<std::int64_t>(p.heads_q) * D;  // between query rows
+  const std::int64_t kv_row_stride = static_cast<std::int64_t>(p.heads_kv) * D;
+  const std::int64_t kv_first = bshd_offset(b, k0, hk, seq_kv, p.heads_kv, D);
+  const int kv_rows = static_cast<int>(min64(kBwdBc, seq_kv - k0));
+
+  // Query tiles that see no key of this tile are skipped without loading: [begin, Tr) per head.
+  const int first_start = query_start(p.mask, seq_q, k0);  // S_q: no query sees any key of the tile
+  const int begin = q_tile_begin(first_start);
+  const int per_head = q_tile_count(seq_q) - begin;
+  const int n_iter = first_start < seq_q ? p.group * per_head : 0;
+
+  auto rows_of = [&](int it) { return bwd_iteration(it, per_head, begin, hk, p.group); };
+  auto load_q_tile = [&](int it, int stage) {
+    const BwdIteration at = rows_of(it);
+    const int valid = static_cast<int>(min64(kBwdBr, seq_q - at.q0));
+    const std::int64_t first = bshd_offset(b, at.q0, at.head, seq_q, p.heads_q, D);
+    load_tile<D, kBwdBr>(c, sQ + stage * kBwdBr * D, p.q + first, q_row_stride, valid);
+    load_tile<D, kBwdBr>(c, sdO + stage * kBwdBr * D, p.dout + first, q_row_stride, valid);
+    const std::int64_t row_first = bhs_offset(b, at.head, at.q0, p.heads_q, seq_q);
+    c.for_each_thread([&](int tid) {
+      const RowCopy rc = row_copy(tid);
+      const float* src = (rc.delta ? p.delta : p.lse) + row_first;
+      float* dst = sRows + (rc.delta ? L::kDelta : L::kLse) + stage * kBwdBr + rc.row;
+      const bool ok = rc.row < valid;
+      c.cp_async_4(dst, ok ? src + rc.row : src, ok ? 4 : 0);  // tails zero-filled (and masked)
+    });
+  };
+
+  // Prologue: group 0 = K_j, V_j (tails zero-filled) and tile 0; nothing when no query sees the
+  // tile (dK_j = dV_j = 0 are stored below all the same).
+  if (n_iter > 0) {
+    load_tile<D, kBwdBc>(c, sK, p.k + kv_first, kv_row_stride, kv_rows);
+    load_tile<D, kBwdBc>(c, sV, p.v + kv_first, kv_row_stride, kv_rows);
+    load_q_tile(0, 0);
+  }
+  c.commit();
+
+  W& w = c.w();
+  BwdWarpState<W, D> st;
+  bwd_warp_begin(w, st, warp, [&](const auto& row) {
+    return w.map_lanes(row, [&](int r) { return query_start(p.mask, seq_q, static_cast<std::int64_t>(k0) + r); });
+  });
+  // The warp's last key row: if every tile row sees it, every row sees all the warp's keys.
+  const int last_start = query_start(p.mask, seq_q, static_cast<std::int64_t>(k0) + 16 * warp + 15);
+
+  for (int it = 0; it < n_iter; ++it) {
+    const int stage = it & 1;
+    c.template wait<0>();  // tile it (and, at it = 0, K_j, V_j) has landed for this thread ...
+    c.sync();              // ... and for all; every warp is done with tile it-1 (stage ^ 1, dS^T)
+    if (it + 1 < n_iter) load_q_tile(it + 1, stage ^ 1);  // overlaps with all of tile it's math
+    c.commit();
+
+    const BwdIteration at = rows_of(it);
+    const int q_valid = static_cast<int>(min64(kBwdBr, seq_q - at.q0));
+    const std::uint16_t* const q_tile = sQ + stage * kBwdBr * D;
+    const std::uint16_t* const do_tile = sdO + stage * kBwdBr * D;
+    const float* const lse = sRows + L::kLse + stage * kBwdBr;
+    const float* const delta = sRows + L::kDelta + stage * kBwdBr;
+    if (bwd_tile_needs_mask(at.q0, last_start, seq_q)) {
+      bwd_warp_tile<true>(w, st, warp, at.q0, q_valid, sK, sV, q_tile, do_tile, lse, delta, sdS, p.scale_log2);
+    } else {
+      bwd_warp_tile<false>(w, st, warp, at.q0, q_valid, sK, sV, q_tile, do_tile, lse, delta, sdS, p.scale_log2);
+    }
+    c.sync();  // dS^T of every warp is in sdS: each warp's dQ rows need all 64 keys
+
+    DqBlock dq;
+    dq.dq = p.dq + bshd_offset(b, at.q0, at.head, seq_q, p.heads_q, D);
+    dq.row_stride = q_row_stride;
+    dq.rows = q_valid;
+    bwd_warp_dq<W, D>(w, warp, sdS, sK, p.scale, dq);
+  }
+  c.template wait<0>();  // no copy may still target shared memory when the CTA exits
+
+  DkvBlock out;
+  out.dk = p.dk + kv_first;
+  out.dv = p.dv + kv_first;
+  out.row_stride = kv_row_stride;
+  out.rows = kv_rows;
+  out.accumulate = p.accumulate;
+  bwd_warp_store(w, st, warp, p.scale, out);
 }
 
 }  // namespace ringattn::cuda::detail::tc

@@ -16,11 +16,17 @@
 //   w.pack2(lo, hi)          two floats -> one bf16x2/f16x2 register (round to nearest even)
 //   w.exp2, w.log, w.max, w.select, w.store_o, w.store_lse
 //
+//   w.map_lanes(i, f)        f applied to a lane's int (on the GPU: f(i))
+//
 // On the GPU (forward_tc.cu) W is one lane with float/int and the real PTX; in the test W holds
 // 32 lanes in arrays and emulates each collective as the PTX ISA describes it. Loop bounds and
-// branches here are warp-uniform, so both run the same instruction stream. The CTA-level parts
-// (which thread copies which chunk, how many K/V tiles a query block visits, which tiles need a
-// mask) are plain constexpr functions shared the same way.
+// branches here are warp-uniform, so both run the same instruction stream.
+//
+// The CTA program around the warps (forward_cta: which rows a CTA owns, the cp.async pipeline,
+// the barriers, how many K/V tiles it visits) is written the same way, once, over a "CTA policy"
+// C (see "the CTA policy" below): on the GPU DeviceCta (tc_device.cuh), one thread; in the test
+// an emulated CTA of four warps that checks every shared-memory access against the barriers and
+// the cp.async groups (tests/cuda/cta_emulator.hpp). The kernel is forward_cta and nothing else.
 //
 // Paper names (flash-attention-2, Dao 2023, Algorithm 1): Br query rows per CTA, Bc key rows
 // per tile, m the running row max, l the running row sum of exp, O the unnormalized output.
@@ -123,6 +129,36 @@ RINGATTN_HOST_DEVICE void for_each_tile_chunk(int tid, int valid, Copy&& copy) {
     const mma::Coord c = copy_chunk<D>(tid, step);
     copy(mma::tile_offset<D>(c.row, c.col), c.row, c.col, c.row < valid);
   }
+}
+
+// ---- the CTA policy -------------------------------------------------------------------------
+//
+// What forward_cta and backward_cta (backward_tc_tile.hpp) ask of a CTA policy c:
+//   C::W                         the warp policy; c.w() this warp's instance
+//   c.warp()                     this warp's index in the CTA, 0 .. kWarps-1
+//   c.block_x(), block_y(), block_z()   blockIdx
+//   c.smem()                     the CTA's dynamic shared memory (16-bit units, 128-byte aligned)
+//   c.sync()                     __syncthreads()
+//   c.for_each_thread(f)         f(tid) for the calling thread (GPU), or for each of the warp's
+//                                32 threads in turn (emulation); per-thread copy plans go here
+//   c.cp_async_16(dst, src, n)   cp.async.cg of 16 bytes (n = 16) or zero-fill (n = 0)
+//   c.cp_async_4(dst, src, n)    cp.async.ca of 4 bytes (n = 4) or zero-fill (n = 0)
+//   c.commit()                   cp.async.commit_group
+//   c.template wait<N>()         cp.async.wait_group N: all but the N newest groups have landed
+//                                (for this thread: other threads see them after a barrier)
+
+/// Issues the cp.async of a (kRows x D) tile from global rows at @p src (row stride
+/// @p src_stride elements) into the swizzled tile @p dst; rows >= @p valid are zero-filled so
+/// that tails never feed stale data (or NaN) to the tensor cores.
+template <int D, int kRows, class C>
+RINGATTN_HOST_DEVICE void load_tile(C& c, std::uint16_t* dst, const std::uint16_t* src, std::int64_t src_stride,
+                                    int valid) {
+  c.for_each_thread([&](int tid) {
+    for_each_tile_chunk<D, kRows>(tid, valid, [&](int dst_offset, int row, int chunk, bool ok) {
+      const std::uint16_t* from = ok ? src + row * src_stride + chunk * 8 : src;
+      c.cp_async_16(dst + dst_offset, from, ok ? 16 : 0);
+    });
+  });
 }
 
 // ---- the warp program -----------------------------------------------------------------------
@@ -287,6 +323,132 @@ RINGATTN_HOST_DEVICE void warp_store(W& w, const WarpState<W, D>& st, const Warp
     for (int n = 0; n < D / 8; ++n) w.store_o(out, row, col + 8 * n, st.o[n][2 * r], st.o[n][2 * r + 1]);
     w.store_lse(out, row, (lane & 3) == 0, res.lse[r]);
   }
+}
+
+// ---- the CTA program: forward_tc_kernel ------------------------------------------------------
+
+/// Kernel arguments (FwdLaunch resolved into what the kernel indexes with).
+struct FwdParams {
+  const std::uint16_t* q = nullptr;  // (B, S_q, H_q, D)
+  const std::uint16_t* k = nullptr;  // (B, S_kv, H_kv, D)
+  const std::uint16_t* v = nullptr;  // (B, S_kv, H_kv, D)
+  void* out = nullptr;               // (B, S_q, H_q, D), fp32 or the input type
+  float* lse = nullptr;              // (B, H_q, S_q) or null
+  bool out_f32 = true;
+  int seq_q = 0, heads_q = 0, heads_kv = 0, group = 1;  // group = H_q / H_kv
+  MaskParams mask;
+  float scale_log2 = 0.0f;  // scale * log2(e)
+};
+
+/// Where a CTA writes O and LSE: O row r of the block at out + r * row_stride (elements), LSE
+/// row r at lse[r]; rows >= rows are past S_q and not written.
+struct OutBlock {
+  void* out = nullptr;
+  bool out_f32 = true;
+  std::int64_t row_stride = 0;
+  float* lse = nullptr;
+  int rows = 0;
+};
+
+/// Shared memory of the forward CTA in bytes: Q (Br x D), then K stage 0, K stage 1, V stage 0,
+/// V stage 1 (Bc x D each), all swizzled 16-bit tiles: 40 KiB for D = 64, 80 KiB for D = 128.
+template <int D>
+RINGATTN_HOST_DEVICE constexpr int fwd_smem_bytes() {
+  return (kBr + 2 * 2 * kBc) * D * 2;
+}
+
+/// One CTA of the forward: query rows [block_x Br, +Br) of head block_y, batch block_z.
+/// Flash-attention-2 Algorithm 1 with K/V tiles streaming through a 2-stage cp.async pipeline:
+/// K of tile j+1 and V of tile j+1 load while tile j computes, and V of tile j loads while S of
+/// tile j is computed. Tiles above the causal diagonal are never loaded.
+template <int D, class C>
+RINGATTN_HOST_DEVICE void forward_cta(C& c, const FwdParams& p) {
+  using W = typename C::W;
+  std::uint16_t* const sQ = c.smem();
+  std::uint16_t* const sK = sQ + kBr * D;
+  std::uint16_t* const sV = sK + 2 * kBc * D;
+
+  const int warp = c.warp();
+  const int q0 = c.block_x() * kBr;
+  const int h = c.block_y();
+  const int b = c.block_z();
+  const int hk = h / p.group;  // GQA: query head h reads K/V head h / (H_q / H_kv)
+  const int seq_kv = p.mask.seq_kv;
+  const std::int64_t q_stride = static_cast<std::int64_t>(p.heads_q) * D;  // between query rows
+  const std::int64_t kv_stride = static_cast<std::int64_t>(p.heads_kv) * D;
+  const std::uint16_t* const gQ = p.q + (static_cast<std::int64_t>(b) * p.seq_q + q0) * q_stride + h * D;
+  const std::int64_t kv_base = static_cast<std::int64_t>(b) * seq_kv * kv_stride + hk * D;
+  const std::uint16_t* const gK = p.k + kv_base;
+  const std::uint16_t* const gV = p.v + kv_base;
+  const int rows = static_cast<int>(min64(kBr, p.seq_q - q0));
+
+  // Tiles above the causal diagonal are skipped without loading: only [0, n_tiles) is visited.
+  const int n_tiles = kv_tile_count(key_limit(p.mask, q0 + rows - 1));
+  const int warp_first_limit = key_limit(p.mask, q0 + 16 * warp);
+
+  auto load_kv = [&](int tile, int stage) {
+    const std::int64_t first = static_cast<std::int64_t>(tile) * kBc;
+    const int valid = static_cast<int>(min64(kBc, seq_kv - tile * kBc));
+    load_tile<D, kBc>(c, sK + stage * kBc * D, gK + first * kv_stride, kv_stride, valid);
+    c.commit();
+    load_tile<D, kBc>(c, sV + stage * kBc * D, gV + first * kv_stride, kv_stride, valid);
+    c.commit();
+  };
+
+  // Prologue: groups Q, K_0, V_0 (empty groups when there is no tile keep the counts below
+  // the same on every path: an empty group completes at once).
+  load_tile<D, kBr>(c, sQ, gQ, q_stride, rows);
+  c.commit();
+  if (n_tiles > 0) {
+    load_kv(0, 0);
+  } else {
+    c.commit();
+    c.commit();
+  }
+  c.template wait<2>();  // this thread's Q chunks have landed (K_0, V_0 may be in flight) ...
+  c.sync();              // ... and everyone's: each warp reads rows other threads copied
+
+  W& w = c.w();
+  WarpState<W, D> st;
+  warp_begin(w, st, sQ, warp,
+             [&](const auto& row) { return w.map_lanes(row, [&](int r) { return key_limit(p.mask, q0 + r); }); });
+
+  for (int j = 0; j < n_tiles; ++j) {
+    const int stage = j & 1;
+    c.template wait<1>();  // K_j has landed (V_j may still be in flight) ...
+    c.sync();              // ... for every thread; and every warp has finished tile j-1, so the
+                           // other stage (read by tile j-1) may be overwritten now
+    if (j + 1 < n_tiles) {
+      load_kv(j + 1, stage ^ 1);  // overlaps with all of tile j's math
+    } else {
+      c.commit();
+      c.commit();
+    }
+
+    typename W::F s[kBc / 8][4];
+    warp_scores(w, st, sK + stage * kBc * D, s);
+    if (tile_needs_mask(j, warp_first_limit)) {
+      warp_softmax<true>(w, st, s, j * kBc, p.scale_log2);
+    } else {
+      warp_softmax<false>(w, st, s, j * kBc, p.scale_log2);
+    }
+
+    c.template wait<2>();  // V_j has landed (K_{j+1}, V_{j+1} may be in flight) ...
+    c.sync();              // ... for every thread
+    warp_pv(w, st, s, sV + stage * kBc * D);
+  }
+
+  const WarpResult<W, D> res = warp_end(w, st);
+  OutBlock out;
+  const std::int64_t first_row = (static_cast<std::int64_t>(b) * p.seq_q + q0) * q_stride + h * D;
+  out.out_f32 = p.out_f32;
+  out.out = p.out_f32 ? static_cast<void*>(static_cast<float*>(p.out) + first_row)
+                      : static_cast<void*>(static_cast<std::uint16_t*>(p.out) + first_row);
+  out.row_stride = q_stride;
+  const std::int64_t first_lse = (static_cast<std::int64_t>(b) * p.heads_q + h) * p.seq_q + q0;
+  out.lse = p.lse == nullptr ? nullptr : p.lse + first_lse;
+  out.rows = rows;
+  warp_store(w, st, res, warp, out);
 }
 
 }  // namespace ringattn::cuda::detail::tc

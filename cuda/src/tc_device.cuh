@@ -1,7 +1,8 @@
 // The device side shared by the tensor-core kernels (forward_tc.cu, backward_tc.cu): DeviceWarp,
 // the warp policy of forward_tc_tile.hpp / backward_tc_tile.hpp made of real PTX (one lane per
-// thread), and the cp.async helpers that fill the swizzled shared-memory tiles. Device code only
-// (nvcc); the CPU emulation of the same policy is tests/cuda/mma_emulator.hpp.
+// thread), the cp.async instructions, and DeviceCta, the CTA policy the kernels' CTA programs
+// (forward_cta, backward_cta) run on. Device code only (nvcc); the CPU emulations of the same
+// policies are tests/cuda/mma_emulator.hpp (the warp) and tests/cuda/cta_emulator.hpp (the CTA).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -24,16 +25,6 @@ __device__ __forceinline__ std::uint32_t smem_address(const void* p) {
   return static_cast<std::uint32_t>(__cvta_generic_to_shared(p));
 }
 
-/// Where a CTA writes O and LSE: O row r of the block at out + r * row_stride (elements), LSE
-/// row r at lse[r]; rows >= rows are past S_q and not written.
-struct OutBlock {
-  void* out = nullptr;
-  bool out_f32 = true;
-  std::int64_t row_stride = 0;
-  float* lse = nullptr;
-  int rows = 0;
-};
-
 template <class Elem>
 struct DeviceWarp {
   using F = float;
@@ -52,6 +43,10 @@ struct DeviceWarp {
   __device__ __forceinline__ F log(F x) const { return logf(x); }
   __device__ __forceinline__ F max(F a, F b) const { return fmaxf(a, b); }
   __device__ __forceinline__ F select(B c, F a, F b) const { return c ? a : b; }
+  template <class Fn>
+  __device__ __forceinline__ I map_lanes(I x, Fn&& f) const {
+    return f(x);
+  }
   __device__ __forceinline__ F shfl_xor(F x, int mask) const {
     return __shfl_xor_sync(0xffffffffu, x, mask);
   }
@@ -160,17 +155,41 @@ __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 
-/// Issues the cp.async of a (kRows x D) tile from global rows at @p src (row stride
-/// @p src_stride elements) into the swizzled tile @p dst; rows >= @p valid are zero-filled so
-/// that tails never feed stale data (or NaN) to the tensor cores.
-template <int D, int kRows>
-__device__ __forceinline__ void load_tile_async(std::uint16_t* dst, const std::uint16_t* src,
-                                                std::int64_t src_stride, int valid) {
-  for_each_tile_chunk<D, kRows>(static_cast<int>(threadIdx.x), valid,
-                                [&](int dst_offset, int row, int chunk, bool ok) {
-                                  const std::uint16_t* from = ok ? src + row * src_stride + chunk * 8 : src;
-                                  cp_async_16(dst + dst_offset, from, ok ? 16 : 0);
-                                });
-}
+// ---- the CTA policy of forward_cta / backward_cta (forward_tc_tile.hpp lists its members) ----
+
+template <class Elem>
+class DeviceCta {
+ public:
+  using W = DeviceWarp<Elem>;
+
+  __device__ __forceinline__ explicit DeviceCta(std::uint16_t* smem) : smem_(smem) {}
+
+  __device__ __forceinline__ W& w() { return w_; }
+  __device__ __forceinline__ int warp() const { return static_cast<int>(threadIdx.x) / 32; }
+  __device__ __forceinline__ int block_x() const { return static_cast<int>(blockIdx.x); }
+  __device__ __forceinline__ int block_y() const { return static_cast<int>(blockIdx.y); }
+  __device__ __forceinline__ int block_z() const { return static_cast<int>(blockIdx.z); }
+  __device__ __forceinline__ std::uint16_t* smem() const { return smem_; }
+  __device__ __forceinline__ void sync() const { __syncthreads(); }
+  template <class Fn>
+  __device__ __forceinline__ void for_each_thread(Fn&& f) const {
+    f(static_cast<int>(threadIdx.x));
+  }
+  __device__ __forceinline__ void cp_async_16(void* dst, const void* src, int src_bytes) const {
+    tc::cp_async_16(dst, src, src_bytes);
+  }
+  __device__ __forceinline__ void cp_async_4(void* dst, const void* src, int src_bytes) const {
+    tc::cp_async_4(dst, src, src_bytes);
+  }
+  __device__ __forceinline__ void commit() const { cp_async_commit(); }
+  template <int N>
+  __device__ __forceinline__ void wait() const {
+    cp_async_wait<N>();
+  }
+
+ private:
+  std::uint16_t* smem_;
+  W w_;
+};
 
 }  // namespace ringattn::cuda::detail::tc

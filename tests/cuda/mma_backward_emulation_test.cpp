@@ -4,16 +4,17 @@
 // pair on tensor cores, two of them on transposed operands (dS read back transposed for dQ, K
 // as a .trans B operand), masks by global positions seen from the key side, skips query tiles,
 // loops over the query heads of a GQA group and adds dQ with atomics. Each of those is index
-// math that a GPU shows only as wrong gradients. Here the kernel's own warp program
-// (cuda/src/backward_tc_tile.hpp, the templates the GPU runs) computes whole CTAs on the emulated
-// warp of mma_emulator.hpp (the PTX ISA's fragment layouts written out independently), with the
-// CTA's copy plan, schedule and barriers replayed in program order, and dQ, dK, dV are checked
-// against the long-double oracle (tests/common/oracle.hpp) by the project's criterion: within 3x
-// of the error of the same computation done naively in the same precision.
+// math that a GPU shows only as wrong gradients. Here the kernel's own CTA program
+// (tc::backward_cta in cuda/src/backward_tc_tile.hpp, the code backward_tc_kernel runs) computes
+// every CTA of the launch grid on an emulated CTA (cta_emulator.hpp: four warps of
+// mma_emulator.hpp, whose fragment layouts are the PTX ISA's written out independently, and a
+// check of every shared-memory access against the barriers and cp.async groups), and dQ, dK, dV
+// are checked against the long-double oracle (tests/common/oracle.hpp) by the project's
+// criterion: within 3x of the error of the same computation done naively in the same precision.
 //
-// What it leaves to a GPU: the hardware's agreement with the manual, cp.async and barrier
-// ordering, atomics' ordering, ex2.approx, register allocation, speed (tests/cuda/
-// cuda_kernel_test.cpp runs the kernel itself).
+// What it leaves to a GPU: the hardware's agreement with the manual, real asynchrony and timing,
+// atomics' ordering, ex2.approx, register allocation, speed (tests/cuda/cuda_kernel_test.cpp runs
+// the kernel itself).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -35,6 +36,7 @@
 #include "../../cuda/src/mma_fragments.hpp"
 #include "common/check.hpp"
 #include "common/oracle.hpp"
+#include "cta_emulator.hpp"
 #include "mma_emulator.hpp"
 
 namespace ringattn::test {
@@ -284,35 +286,23 @@ struct Grads {
 
 struct BwdRun {
   Grads g;
-  long mma_calls = 0, ldsm_phases = 0, bank_conflicts = 0, bad_addresses = 0, store_conflicts = 0;
+  WarpCounters counters;
+  Findings findings;   // races, barrier mismatches, accesses outside the buffers
   long idle_ctas = 0;  // CTAs whose key tile no query sees
   long masked_tiles = 0, clean_tiles = 0;
 };
 
-/// backward_tc_kernel on the CPU: for every CTA (key tile, kv head, batch) the same copy plan,
-/// query-tile schedule and warp program (backward_tc_tile.hpp) with HostWarp for the PTX; cp.async
-/// and the two barriers per tile become plain copies and phase order (every warp's tile work,
-/// then every warp's dQ). dQ starts at 0 (the launcher's memset) or at @p init (accumulate).
-/// Inputs are the 16-bit encodings; LSE and D are float32 (B, H_q, S_q).
+/// backward_tc_kernel on the CPU: the kernel's own CTA program (tc::backward_cta, what the kernel
+/// calls) on every block of the launch grid, each an emulated CTA of four warps whose every
+/// shared-memory access is checked against the barriers and cp.async groups (cta_emulator.hpp).
+/// dQ starts at 0 (the launcher's memset) or at @p init (accumulate); dK, dV start as NaN unless
+/// accumulating. Inputs are the 16-bit encodings; LSE and D are float32 (B, H_q, S_q).
 template <class Elem, int D>
 BwdRun run_bwd_ctas(const BwdCase& c, const std::vector<std::uint16_t>& q, const std::vector<std::uint16_t>& k,
                     const std::vector<std::uint16_t>& v, const std::vector<std::uint16_t>& dout,
                     const std::vector<float>& lse, const std::vector<float>& delta, float scale, const Grads& init) {
   using Codec = CodecOf<Elem>;
-  using W = HostWarp<Elem>;
-  using L = tc::BwdSmem<D>;
   const ShapeCase& s = c.shape;
-  const int seq_q = static_cast<int>(s.seq_q), seq_kv = static_cast<int>(s.seq_kv);
-  const int heads_q = static_cast<int>(s.heads_q), heads_kv = static_cast<int>(s.heads_kv);
-  const int group = heads_q / heads_kv;
-  tc::MaskParams mp;
-  mp.causal = c.causal;
-  mp.q_offset = c.q_offset;
-  mp.q_stride = c.q_stride;
-  mp.k_offset = c.k_offset;
-  mp.k_stride = c.k_stride;
-  mp.seq_kv = seq_kv;
-  const float scale_log2 = static_cast<float>(static_cast<double>(scale) * tc::kLog2e);
   const float nan = std::numeric_limits<float>::quiet_NaN();
 
   // dQ as the launcher leaves it; dK, dV poisoned unless accumulating (every row must be written).
@@ -325,107 +315,68 @@ BwdRun run_bwd_ctas(const BwdCase& c, const std::vector<std::uint16_t>& q, const
   };
   std::vector<float> dq = start(init.dq, true), dk = start(init.dk, false), dv = start(init.dv, false);
 
-  std::vector<std::uint16_t> smem(static_cast<std::size_t>(L::kElems16));
-  std::vector<float> rows_smem(static_cast<std::size_t>(L::kFloats));
-  const std::int64_t q_row_stride = static_cast<std::int64_t>(heads_q) * D;
-  const std::int64_t kv_row_stride = static_cast<std::int64_t>(heads_kv) * D;
+  tc::BwdParams p;  // as backward_tensor_core resolves a launch
+  p.q = q.data();
+  p.k = k.data();
+  p.v = v.data();
+  p.dout = dout.data();
+  p.lse = lse.data();
+  p.delta = delta.data();
+  p.dq = dq.data();
+  p.dk = dk.data();
+  p.dv = dv.data();
+  p.accumulate = c.accumulate;
+  p.seq_q = static_cast<int>(s.seq_q);
+  p.heads_q = static_cast<int>(s.heads_q);
+  p.heads_kv = static_cast<int>(s.heads_kv);
+  p.group = p.heads_q / p.heads_kv;
+  p.mask.causal = c.causal;
+  p.mask.q_offset = c.q_offset;
+  p.mask.q_stride = c.q_stride;
+  p.mask.k_offset = c.k_offset;
+  p.mask.k_stride = c.k_stride;
+  p.mask.seq_kv = static_cast<int>(s.seq_kv);
+  p.scale = scale;
+  p.scale_log2 = static_cast<float>(static_cast<double>(scale) * tc::kLog2e);
+
+  GlobalMap globals;
+  globals.add("Q", q.data(), q.size() * 2, false);
+  globals.add("K", k.data(), k.size() * 2, false);
+  globals.add("V", v.data(), v.size() * 2, false);
+  globals.add("dO", dout.data(), dout.size() * 2, false);
+  globals.add("LSE", lse.data(), lse.size() * 4, false);
+  globals.add("D", delta.data(), delta.size() * 4, false);
+  globals.add("dQ", dq.data(), dq.size() * 4, true);
+  globals.add("dK", dk.data(), dk.size() * 4, true, 4, true);
+  globals.add("dV", dv.data(), dv.size() * 4, true, 4, true);
+
   BwdRun run;
-
-  auto copy_tile = [](auto rows_tag, std::uint16_t* dst, const std::uint16_t* src, std::int64_t stride, int valid) {
-    constexpr int kRows = decltype(rows_tag)::value;
-    for (int tid = 0; tid < tc::kThreads; ++tid) {
-      tc::for_each_tile_chunk<D, kRows>(tid, valid, [&](int dst_offset, int row, int chunk, bool ok) {
-        for (int e = 0; e < 8; ++e) dst[dst_offset + e] = ok ? src[row * stride + chunk * 8 + e] : std::uint16_t{0};
-      });
+  const int grid_x = static_cast<int>((s.seq_kv + tc::kBwdBc - 1) / tc::kBwdBc);  // as backward_tc.cu's launch
+  run_grid<Elem>(grid_x, static_cast<int>(s.heads_kv), static_cast<int>(s.batch), tc::BwdSmem<D>::kBytes,
+                 Codec::encode(nan), globals, run.findings, run.counters,
+                 [&](HostCta<Elem>& cta) { tc::backward_cta<D>(cta, p); });
+  for (const char* name : {"dK", "dV"}) {
+    for (const std::uint8_t n : globals.buffer(name).writes) {
+      if (n != 1) run.findings.add(std::string("a ") + name + " element written " + std::to_string(n) + " times");
     }
-  };
+  }
 
-  for (int b = 0; b < s.batch; ++b) {
-    for (int hk = 0; hk < heads_kv; ++hk) {
-      for (int k0 = 0; k0 < seq_kv; k0 += tc::kBwdBc) {
-        std::fill(smem.begin(), smem.end(), Codec::encode(nan));  // stale data reads as NaN
-        std::fill(rows_smem.begin(), rows_smem.end(), nan);
-        std::uint16_t* const sK = smem.data() + L::kK;
-        std::uint16_t* const sV = smem.data() + L::kV;
-        std::uint16_t* const sQ = smem.data() + L::kQ;
-        std::uint16_t* const sdO = smem.data() + L::kDO;
-        std::uint16_t* const sdS = smem.data() + L::kDS;
-        const std::int64_t kv_first = tc::bshd_offset(b, k0, hk, seq_kv, heads_kv, D);
-        const int kv_rows = std::min(tc::kBwdBc, seq_kv - k0);
-        const int first_start = tc::query_start(mp, seq_q, k0);
-        const int begin = tc::q_tile_begin(first_start);
-        const int per_head = tc::q_tile_count(seq_q) - begin;
-        const int n_iter = first_start < seq_q ? group * per_head : 0;
-        if (n_iter == 0) ++run.idle_ctas;
-        const std::integral_constant<int, tc::kBwdBc> kv_tag;
-        const std::integral_constant<int, tc::kBwdBr> q_tag;
-        if (n_iter > 0) {
-          copy_tile(kv_tag, sK, k.data() + kv_first, kv_row_stride, kv_rows);
-          copy_tile(kv_tag, sV, v.data() + kv_first, kv_row_stride, kv_rows);
-        }
-        W w(smem.data(), smem.size());
-        std::vector<tc::BwdWarpState<W, D>> st(tc::kWarps);
-        std::vector<int> last_start(tc::kWarps);
-        for (int warp = 0; warp < tc::kWarps; ++warp) {
-          tc::bwd_warp_begin(w, st[static_cast<std::size_t>(warp)], warp, [&](const Lanes<int>& row) {
-            Lanes<int> r;
-            for (int l = 0; l < 32; ++l) r[l] = tc::query_start(mp, seq_q, static_cast<std::int64_t>(k0) + row[l]);
-            return r;
-          });
-          last_start[static_cast<std::size_t>(warp)] = tc::query_start(mp, seq_q, k0 + 16 * warp + 15);
-        }
-        for (int it = 0; it < n_iter; ++it) {
-          const int stage = it & 1;
-          const tc::BwdIteration at = tc::bwd_iteration(it, per_head, begin, hk, group);
-          const int q_valid = std::min(tc::kBwdBr, seq_q - at.q0);
-          const std::int64_t first = tc::bshd_offset(b, at.q0, at.head, seq_q, heads_q, D);
-          std::uint16_t* const q_tile = sQ + stage * tc::kBwdBr * D;
-          std::uint16_t* const do_tile = sdO + stage * tc::kBwdBr * D;
-          copy_tile(q_tag, q_tile, q.data() + first, q_row_stride, q_valid);
-          copy_tile(q_tag, do_tile, dout.data() + first, q_row_stride, q_valid);
-          const std::int64_t row_first = tc::bhs_offset(b, at.head, at.q0, heads_q, seq_q);
-          float* const lse_s = rows_smem.data() + L::kLse + stage * tc::kBwdBr;
-          float* const delta_s = rows_smem.data() + L::kDelta + stage * tc::kBwdBr;
-          for (int tid = 0; tid < tc::kThreads; ++tid) {
-            const tc::RowCopy rc = tc::row_copy(tid);
-            const std::vector<float>& src = rc.delta ? delta : lse;
-            (rc.delta ? delta_s : lse_s)[rc.row] = rc.row < q_valid ? src[static_cast<std::size_t>(row_first + rc.row)] : 0.0f;
-          }
-          for (int warp = 0; warp < tc::kWarps; ++warp) {  // before the barrier: S .. dK, dS^T stored
-            auto& ws = st[static_cast<std::size_t>(warp)];
-            if (tc::bwd_tile_needs_mask(at.q0, last_start[static_cast<std::size_t>(warp)], seq_q)) {
-              ++run.masked_tiles;
-              tc::bwd_warp_tile<true>(w, ws, warp, at.q0, q_valid, sK, sV, q_tile, do_tile, lse_s, delta_s, sdS,
-                                      scale_log2);
-            } else {
-              ++run.clean_tiles;
-              tc::bwd_warp_tile<false>(w, ws, warp, at.q0, q_valid, sK, sV, q_tile, do_tile, lse_s, delta_s, sdS,
-                                       scale_log2);
-            }
-          }
-          tc::DqBlock out;
-          out.dq = dq.data() + first;
-          out.row_stride = q_row_stride;
-          out.rows = q_valid;
-          for (int warp = 0; warp < tc::kWarps; ++warp) tc::bwd_warp_dq<W, D>(w, warp, sdS, sK, scale, out);
-        }
-        tc::DkvBlock out;
-        out.dk = dk.data() + kv_first;
-        out.dv = dv.data() + kv_first;
-        out.row_stride = kv_row_stride;
-        out.rows = kv_rows;
-        out.accumulate = c.accumulate;
-        for (int warp = 0; warp < tc::kWarps; ++warp) {
-          tc::bwd_warp_store(w, st[static_cast<std::size_t>(warp)], warp, scale, out);
-        }
-        run.mma_calls += w.mma_calls;
-        run.ldsm_phases += w.ldsm_phases;
-        run.bank_conflicts += w.bank_conflicts;
-        run.bad_addresses += w.bad_addresses;
-        run.store_conflicts += w.store_conflicts;
+  // What the schedule made the CTAs do, for the cases' coverage checks (the kernel's helpers).
+  for (int k0 = 0; k0 < s.seq_kv; k0 += tc::kBwdBc) {
+    const int first_start = tc::query_start(p.mask, p.seq_q, k0);
+    if (first_start >= p.seq_q) {
+      run.idle_ctas += s.batch * s.heads_kv;
+      continue;
+    }
+    for (int q0 = tc::q_tile_begin(first_start) * tc::kBwdBr; q0 < p.seq_q; q0 += tc::kBwdBr) {
+      for (int warp = 0; warp < tc::kWarps; ++warp) {
+        const int last_start = tc::query_start(p.mask, p.seq_q, k0 + 16 * warp + 15);
+        (tc::bwd_tile_needs_mask(q0, last_start, p.seq_q) ? run.masked_tiles : run.clean_tiles) +=
+            s.batch * s.heads_q;
       }
     }
   }
+
   auto to_tensor = [](const std::vector<float>& x, const std::vector<std::int64_t>& shape) {
     Tensor<double> t(shape);
     for (std::int64_t n = 0; n < t.size(); ++n) t[n] = x[static_cast<std::size_t>(n)];
@@ -547,10 +498,12 @@ void check_bwd_cta(const BwdCase& base) {
   const OracleGradients ref = oracle_backward(in.q, in.k, in.v, in.dout, static_cast<double>(scale), c.causal, qpos, kpos);
   const Grads naive = naive_lowp_backward<Codec>(c, in.q, in.k, in.v, in.dout, lse, delta, scale);
 
-  // The emulated hardware saw only legal, conflict-free shared-memory accesses.
-  EXPECT_EQ(got.bad_addresses, 0);
-  EXPECT_EQ(got.bank_conflicts, 0) << "of " << got.ldsm_phases << " ldmatrix phases";
-  EXPECT_EQ(got.store_conflicts, 0) << "dS^T stores";
+  // The emulated hardware saw only legal, conflict-free shared-memory accesses, no race between
+  // the warps, the barriers and the cp.async groups, and no access outside the buffers.
+  EXPECT_EQ(got.findings.count, 0) << got.findings.summary();
+  EXPECT_EQ(got.counters.bad_addresses, 0);
+  EXPECT_EQ(got.counters.bank_conflicts, 0) << "of " << got.counters.ldsm_phases << " ldmatrix phases";
+  EXPECT_EQ(got.counters.store_conflicts, 0) << "dS^T stores";
   if (c.expect_empty_rows) {
     EXPECT_GT(empty_rows, 0) << "the case was meant to have rows that see no key";
   }
@@ -581,7 +534,7 @@ void check_bwd_cta(const BwdCase& base) {
     EXPECT_TRUE(AllClose(g.got, want, tol, 0.0)) << g.name << ": naive " << Codec::kName << " error " << naive_err;
   }
   if (got.idle_ctas < ctas) {
-    EXPECT_GT(got.mma_calls, 0);
+    EXPECT_GT(got.counters.mma_calls, 0);
   }
   if (std::getenv("RINGATTN_PRINT_ERRORS") != nullptr) {  // how close the kernel is to the yardstick
     for (const auto& g : grads) {

@@ -4,12 +4,14 @@
 // index there shows on a GPU only as wrong numbers. Here a warp is emulated (mma_emulator.hpp:
 // 32 lanes' registers in arrays, each warp-collective instruction implemented as the PTX ISA text
 // describes it, independently of cuda/src/mma_fragments.hpp), so the tests compare two
-// transcriptions of the manual. Then the kernel's own warp program
-// (cuda/src/forward_tc_tile.hpp: the same templates the GPU runs, with this emulator as the warp
-// policy) computes whole CTAs, and the result is checked against the long-double oracle.
+// transcriptions of the manual. Then the kernel's own CTA program (tc::forward_cta in
+// cuda/src/forward_tc_tile.hpp: the code forward_tc_kernel runs, pipeline and barriers
+// included) runs on every CTA of the launch grid on an emulated CTA of four warps
+// (cta_emulator.hpp), which checks every shared-memory access against the barriers and the
+// cp.async groups; the result is checked against the long-double oracle.
 //
-// What it leaves to a GPU: that the hardware matches the manual, cp.async ordering and the
-// barriers, real bf16/fp16 conversions, ex2.approx, register allocation, speed.
+// What it leaves to a GPU: that the hardware matches the manual, real asynchrony and timing,
+// real bf16/fp16 conversions, ex2.approx, register allocation, speed.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -29,6 +31,7 @@
 #include "../../cuda/src/mma_fragments.hpp"
 #include "common/check.hpp"
 #include "common/oracle.hpp"
+#include "cta_emulator.hpp"
 #include "mma_emulator.hpp"
 
 namespace ringattn::test {
@@ -509,7 +512,7 @@ TEST(TileSchedule, SkipsOnlyMaskedTilesAndMasksEveryPartialTile) {
   }
 }
 
-// ---- a whole CTA through the kernel's warp program ---------------------------------------------
+// ---- whole CTAs: the kernel's own CTA program on an emulated CTA -------------------------------
 
 struct CtaCase {
   std::string name;
@@ -530,118 +533,64 @@ struct CtaResult {
   Tensor<double> out;  // (B, S_q, H_q, D) as the kernel would write it (after out-dtype rounding)
   Tensor<double> lse;  // (B, H_q, S_q)
   std::vector<std::uint8_t> writes;  // per O element
-  long mma_calls = 0, ldsm_phases = 0, bank_conflicts = 0, bad_addresses = 0;
+  WarpCounters counters;
+  Findings findings;  // races, barrier mismatches, accesses outside the buffers
 };
 
-/// forward_tc_kernel, step by step, on the CPU: the same copy plan, tile schedule and warp
-/// program (forward_tc_tile.hpp) with HostWarp for the PTX; cp.async and barriers become plain
-/// copies in program order. Inputs are the 16-bit encodings.
+/// forward_tc_kernel on the CPU: the kernel's own CTA program (tc::forward_cta, what the kernel
+/// calls) on every block of the launch grid, each an emulated CTA of four warps whose every
+/// shared-memory access is checked against the barriers and cp.async groups (cta_emulator.hpp).
+/// Inputs are the 16-bit encodings; O and LSE start as NaN.
 template <class Elem, int D>
 CtaResult run_ctas(const CtaCase& c, const std::vector<std::uint16_t>& q, const std::vector<std::uint16_t>& k,
                    const std::vector<std::uint16_t>& v, float scale) {
   using Codec = CodecOf<Elem>;
-  using W = HostWarp<Elem>;
   const ShapeCase& s = c.shape;
-  const int seq_q = static_cast<int>(s.seq_q), seq_kv = static_cast<int>(s.seq_kv);
-  const int heads_q = static_cast<int>(s.heads_q), heads_kv = static_cast<int>(s.heads_kv);
-  tc::MaskParams mp;
-  mp.causal = c.causal;
-  mp.q_offset = c.q_offset;
-  mp.q_stride = c.q_stride;
-  mp.k_offset = c.k_offset;
-  mp.k_stride = c.k_stride;
-  mp.seq_kv = seq_kv;
-  const float scale_log2 = static_cast<float>(static_cast<double>(scale) * tc::kLog2e);
-
-  // Outputs poisoned with NaN: an element the kernel forgets shows up as a NaN failure.
-  const std::size_t o_elems = static_cast<std::size_t>(s.batch * s.seq_q * s.heads_q * D);
-  std::vector<float> out_f32(c.out_f32 ? o_elems : 0, std::numeric_limits<float>::quiet_NaN());
   const float nan = std::numeric_limits<float>::quiet_NaN();
+  const std::size_t o_elems = static_cast<std::size_t>(s.batch * s.seq_q * s.heads_q * D);
+  std::vector<float> out_f32(c.out_f32 ? o_elems : 0, nan);
   std::vector<std::uint16_t> out_lowp(c.out_f32 ? 0 : o_elems, Codec::encode(nan));
   std::vector<float> lse(static_cast<std::size_t>(s.batch * s.heads_q * s.seq_q), nan);
+
+  tc::FwdParams p;  // as forward_tensor_core resolves a launch
+  p.q = q.data();
+  p.k = k.data();
+  p.v = v.data();
+  p.out = c.out_f32 ? static_cast<void*>(out_f32.data()) : static_cast<void*>(out_lowp.data());
+  p.lse = lse.data();
+  p.out_f32 = c.out_f32;
+  p.seq_q = static_cast<int>(s.seq_q);
+  p.heads_q = static_cast<int>(s.heads_q);
+  p.heads_kv = static_cast<int>(s.heads_kv);
+  p.group = p.heads_q / p.heads_kv;
+  p.mask.causal = c.causal;
+  p.mask.q_offset = c.q_offset;
+  p.mask.q_stride = c.q_stride;
+  p.mask.k_offset = c.k_offset;
+  p.mask.k_stride = c.k_stride;
+  p.mask.seq_kv = static_cast<int>(s.seq_kv);
+  p.scale_log2 = static_cast<float>(static_cast<double>(scale) * tc::kLog2e);
+
+  GlobalMap globals;
+  globals.add("Q", q.data(), q.size() * 2, false);
+  globals.add("K", k.data(), k.size() * 2, false);
+  globals.add("V", v.data(), v.size() * 2, false);
+  if (c.out_f32) {
+    globals.add("O", out_f32.data(), o_elems * 4, true, 4, true);
+  } else {
+    globals.add("O", out_lowp.data(), o_elems * 2, true, 2, true);
+  }
+  globals.add("LSE", lse.data(), lse.size() * 4, true, 4, true);
+
   CtaResult res;
-  res.writes.assign(o_elems, 0);
+  const int grid_x = static_cast<int>((s.seq_q + tc::kBr - 1) / tc::kBr);  // as forward_tc.cu's launch
+  run_grid<Elem>(grid_x, static_cast<int>(s.heads_q), static_cast<int>(s.batch), tc::fwd_smem_bytes<D>(),
+                 Codec::encode(nan), globals, res.findings, res.counters,
+                 [&](HostCta<Elem>& cta) { tc::forward_cta<D>(cta, p); });
 
-  // Shared memory as forward_tc_kernel lays it out: Q, K stages 0 and 1, V stages 0 and 1.
-  std::vector<std::uint16_t> smem(static_cast<std::size_t>((tc::kBr + 4 * tc::kBc) * D));
-  std::uint16_t* const sQ = smem.data();
-  std::uint16_t* const sK = sQ + tc::kBr * D;
-  std::uint16_t* const sV = sK + 2 * tc::kBc * D;
-  const std::int64_t q_stride = static_cast<std::int64_t>(heads_q) * D;
-  const std::int64_t kv_stride = static_cast<std::int64_t>(heads_kv) * D;
-
-  // cp.async of one tile: 16 bytes per chunk, rows >= valid zero-filled.
-  auto copy_tile = [](auto rows_tag, std::uint16_t* dst, const std::uint16_t* src, std::int64_t stride,
-                      int valid) {
-    constexpr int kRows = decltype(rows_tag)::value;
-    for (int tid = 0; tid < tc::kThreads; ++tid) {
-      tc::for_each_tile_chunk<D, kRows>(tid, valid, [&](int dst_offset, int row, int chunk, bool ok) {
-        for (int e = 0; e < 8; ++e) {
-          dst[dst_offset + e] = ok ? src[row * stride + chunk * 8 + e] : std::uint16_t{0};
-        }
-      });
-    }
-  };
-
-  for (int b = 0; b < s.batch; ++b) {
-    for (int h = 0; h < heads_q; ++h) {
-      for (int q0 = 0; q0 < seq_q; q0 += tc::kBr) {
-        std::fill(smem.begin(), smem.end(), Codec::encode(nan));  // stale data reads as NaN
-        const int hk = h / (heads_q / heads_kv);
-        const std::uint16_t* gQ = q.data() + (static_cast<std::int64_t>(b) * seq_q + q0) * q_stride + h * D;
-        const std::int64_t kv_base = static_cast<std::int64_t>(b) * seq_kv * kv_stride + hk * D;
-        const int rows = std::min(tc::kBr, seq_q - q0);
-        const int n_tiles = tc::kv_tile_count(tc::key_limit(mp, q0 + rows - 1));
-
-        copy_tile(std::integral_constant<int, tc::kBr>{}, sQ, gQ, q_stride, rows);
-        W w(smem.data(), smem.size());
-        std::vector<tc::WarpState<W, D>> st(tc::kWarps);
-        for (int warp = 0; warp < tc::kWarps; ++warp) {
-          tc::warp_begin(w, st[static_cast<std::size_t>(warp)], sQ, warp, [&](const Lanes<int>& row) {
-            Lanes<int> lim;
-            for (int l = 0; l < 32; ++l) lim[l] = tc::key_limit(mp, q0 + row[l]);
-            return lim;
-          });
-        }
-        for (int j = 0; j < n_tiles; ++j) {
-          const int stage = j & 1;
-          const std::int64_t first = static_cast<std::int64_t>(j) * tc::kBc;
-          const int valid = std::min(tc::kBc, seq_kv - j * tc::kBc);
-          const std::int64_t from = kv_base + first * kv_stride;
-          const std::integral_constant<int, tc::kBc> kv_rows;
-          copy_tile(kv_rows, sK + stage * tc::kBc * D, k.data() + from, kv_stride, valid);
-          copy_tile(kv_rows, sV + stage * tc::kBc * D, v.data() + from, kv_stride, valid);
-          for (int warp = 0; warp < tc::kWarps; ++warp) {
-            auto& ws = st[static_cast<std::size_t>(warp)];
-            Lanes<float> sc[tc::kBc / 8][4];
-            tc::warp_scores(w, ws, sK + stage * tc::kBc * D, sc);
-            if (tc::tile_needs_mask(j, tc::key_limit(mp, q0 + 16 * warp))) {
-              tc::warp_softmax<true>(w, ws, sc, j * tc::kBc, scale_log2);
-            } else {
-              tc::warp_softmax<false>(w, ws, sc, j * tc::kBc, scale_log2);
-            }
-            tc::warp_pv(w, ws, sc, sV + stage * tc::kBc * D);
-          }
-        }
-        const std::int64_t first_row = (static_cast<std::int64_t>(b) * seq_q + q0) * q_stride + h * D;
-        HostOut out;
-        out.out_f32 = c.out_f32 ? out_f32.data() + first_row : nullptr;
-        out.out_lowp = c.out_f32 ? nullptr : out_lowp.data() + first_row;
-        out.row_stride = q_stride;
-        out.lse = lse.data() + (static_cast<std::int64_t>(b) * heads_q + h) * seq_q + q0;
-        out.rows = rows;
-        out.writes = res.writes.data() + first_row;
-        for (int warp = 0; warp < tc::kWarps; ++warp) {
-          auto& ws = st[static_cast<std::size_t>(warp)];
-          const auto r = tc::warp_end(w, ws);
-          tc::warp_store(w, ws, r, warp, out);
-        }
-        res.mma_calls += w.mma_calls;
-        res.ldsm_phases += w.ldsm_phases;
-        res.bank_conflicts += w.bank_conflicts;
-        res.bad_addresses += w.bad_addresses;
-      }
-    }
+  res.writes = globals.buffer("O").writes;
+  for (const std::uint8_t n : globals.buffer("LSE").writes) {
+    if (n != 1) res.findings.add("an LSE element written " + std::to_string(n) + " times");
   }
   res.out = Tensor<double>(s.q_shape());
   for (std::size_t n = 0; n < o_elems; ++n) {
@@ -737,9 +686,11 @@ void check_cta(const CtaCase& base) {
   double max_logit = 0.0;
   const auto naive = naive_lowp<Codec>(c, in.q, in.k, in.v, scale, &max_logit);
 
-  // The emulated hardware saw only legal, conflict-free shared-memory rows.
-  EXPECT_EQ(got.bad_addresses, 0);
-  EXPECT_EQ(got.bank_conflicts, 0) << "of " << got.ldsm_phases << " ldmatrix phases";
+  // The emulated hardware saw only legal, conflict-free shared-memory rows, no race between the
+  // warps, the barriers and the cp.async groups, and no access outside the buffers.
+  EXPECT_EQ(got.findings.count, 0) << got.findings.summary();
+  EXPECT_EQ(got.counters.bad_addresses, 0);
+  EXPECT_EQ(got.counters.bank_conflicts, 0) << "of " << got.counters.ldsm_phases << " ldmatrix phases";
   // Every O element written exactly once (NaN poison would also show below).
   for (std::size_t n = 0; n < got.writes.size(); ++n) {
     ASSERT_EQ(got.writes[n], 1) << "O element " << n << " written " << int{got.writes[n]} << " times";
@@ -757,7 +708,7 @@ void check_cta(const CtaCase& base) {
   const double tol = 3.0 * naive_err + 1e-6 * (1.0 + max_abs(ref.out));
   EXPECT_TRUE(AllClose(got.out, ref.out, tol, 0.0)) << "naive " << Codec::kName << " error " << naive_err;
   if (c.shape.seq_kv > 0 && c.shape.seq_q > 0) {
-    EXPECT_GT(got.mma_calls, 0);
+    EXPECT_GT(got.counters.mma_calls, 0);
   }
 }
 

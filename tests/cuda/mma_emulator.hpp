@@ -8,10 +8,11 @@
 // layouts are written out again from the PTX ISA ("Matrix Fragments for mma.m16n8k16 with
 // floating point type", "Warp-level matrix load instruction: ldmatrix"), independently of
 // cuda/src/mma_fragments.hpp, so the tests compare two transcriptions of the manual. HostWarp is
-// the warp policy the kernels' own templates (forward_tc_tile.hpp, backward_tc_tile.hpp) run on.
+// the warp policy the kernels' own templates (forward_tc_tile.hpp, backward_tc_tile.hpp) run on;
+// inside an emulated CTA (cta_emulator.hpp) it reports every memory access it makes.
 //
-// What it leaves to a GPU: that the hardware matches the manual, cp.async ordering and the
-// barriers, real bf16/fp16 conversions, ex2.approx, atomics, register allocation, speed.
+// What it leaves to a GPU: that the hardware matches the manual, real bf16/fp16 conversions,
+// ex2.approx, atomics, register allocation, speed.
 #pragma once
 
 #include <algorithm>
@@ -184,15 +185,15 @@ inline mma::Coord ldmatrix_elem(int thread, int half, bool trans) {
 
 // ---- the emulated warp: the policy forward_tc_tile.hpp's and backward_tc_tile.hpp's templates run on
 
-/// Where the emulated CTA writes O and LSE (the host twin of forward_tc.cu's OutBlock), plus
-/// a write count per O element so a test can require exactly one write each.
-struct HostOut {
-  float* out_f32 = nullptr;         // O rows of the block in fp32, or
-  std::uint16_t* out_lowp = nullptr;  // in the input type
-  std::int64_t row_stride = 0;
-  float* lse = nullptr;
-  int rows = 0;
-  std::uint8_t* writes = nullptr;  // same indexing as O
+/// What an emulated warp reports of its memory accesses when it runs inside an emulated CTA
+/// (cta_emulator.hpp checks them); lane -1 is a warp-collective access (ldmatrix).
+class WarpHooks {
+ public:
+  virtual ~WarpHooks() = default;
+  virtual void smem_read(const void* p, std::size_t bytes, int lane, const char* what) = 0;
+  virtual void smem_write(const void* p, std::size_t bytes, int lane, const char* what) = 0;
+  /// False when [p, p + bytes) is outside the test's buffers: the warp then skips the store.
+  virtual bool global_write(const void* p, std::size_t bytes, const char* what) = 0;
 };
 
 template <class Elem>
@@ -222,6 +223,12 @@ class HostWarp {
   F select(const B& c, const F& a, const F& b) const {
     F r;
     for (int i = 0; i < 32; ++i) r[i] = c[i] ? a[i] : b[i];
+    return r;
+  }
+  template <class Fn>
+  I map_lanes(const I& x, Fn&& f) const {
+    I r;
+    for (int i = 0; i < 32; ++i) r[i] = f(x[i]);
     return r;
   }
   // shfl.sync.bfly: lane i reads lane i ^ mask.
@@ -270,24 +277,29 @@ class HostWarp {
     }
   }
 
-  void store_o(const HostOut& o, const I& row, const I& col, const F& v0, const F& v1) {
+  void store_o(const tc::OutBlock& o, const I& row, const I& col, const F& v0, const F& v1) {
     for (int l = 0; l < 32; ++l) {
       if (row[l] >= o.rows) continue;
       const std::int64_t at = row[l] * o.row_stride + col[l];
-      for (int e = 0; e < 2; ++e) {
-        const float v = e == 0 ? v0[l] : v1[l];
-        if (o.out_f32 != nullptr) {
-          o.out_f32[at + e] = v;
-        } else {
-          o.out_lowp[at + e] = Codec::encode(v);
-        }
-        if (o.writes != nullptr) ++o.writes[at + e];
+      if (o.out_f32) {
+        float* p = static_cast<float*>(o.out) + at;
+        if (hooks != nullptr && !hooks->global_write(p, 8, "O store")) continue;
+        p[0] = v0[l];
+        p[1] = v1[l];
+      } else {
+        std::uint16_t* p = static_cast<std::uint16_t*>(o.out) + at;
+        if (hooks != nullptr && !hooks->global_write(p, 4, "O store")) continue;
+        p[0] = Codec::encode(v0[l]);
+        p[1] = Codec::encode(v1[l]);
       }
     }
   }
-  void store_lse(const HostOut& o, const I& row, const B& writer, const F& v) {
+  void store_lse(const tc::OutBlock& o, const I& row, const B& writer, const F& v) {
     for (int l = 0; l < 32; ++l) {
-      if (o.lse != nullptr && writer[l] && row[l] < o.rows) o.lse[row[l]] = v[l];
+      if (o.lse != nullptr && writer[l] && row[l] < o.rows) {
+        if (hooks != nullptr && !hooks->global_write(o.lse + row[l], 4, "LSE store")) continue;
+        o.lse[row[l]] = v[l];
+      }
     }
   }
 
@@ -296,11 +308,14 @@ class HostWarp {
   F lds_f32(const float* base, const I& index) {
     F r;
     for (int l = 0; l < 32; ++l) {
-      if (index[l] < 0 || index[l] >= tc::kBwdBr) {
+      const auto* p = reinterpret_cast<const std::uint16_t*>(base + index[l]);
+      const std::ptrdiff_t elem = p - arena_;
+      if (index[l] < 0 || index[l] >= tc::kBwdBr || elem < 0 || static_cast<std::size_t>(elem) + 2 > arena_elems_) {
         ++bad_addresses;
         r[l] = std::numeric_limits<float>::quiet_NaN();
       } else {
-        r[l] = base[index[l]];
+        if (hooks != nullptr) hooks->smem_read(p, 4, l, "ld.shared.f32");
+        std::memcpy(&r[l], p, sizeof(float));
       }
     }
     return r;
@@ -319,6 +334,7 @@ class HostWarp {
       const unsigned bank = 1u << ((elem / 2) % 32);
       conflict = conflict || (banks & bank) != 0;
       banks |= bank;
+      if (hooks != nullptr) hooks->smem_write(base + offset[l], 4, l, "st.shared.b32");
       base[offset[l]] = half_of(v[l], 0);
       base[offset[l] + 1] = half_of(v[l], 1);
     }
@@ -330,6 +346,7 @@ class HostWarp {
     for (int l = 0; l < 32; ++l) {
       if (row[l] >= o.rows) continue;
       float* p = o.dq + row[l] * o.row_stride + col[l];
+      if (hooks != nullptr && !hooks->global_write(p, 8, "dQ atomicAdd")) continue;
       p[0] += v0[l];
       p[1] += v1[l];
     }
@@ -339,6 +356,11 @@ class HostWarp {
     for (int l = 0; l < 32; ++l) {
       if (row[l] >= o.rows) continue;
       const std::int64_t at = row[l] * o.row_stride + col[l];
+      if (hooks != nullptr) {
+        const bool dk_ok = hooks->global_write(o.dk + at, 8, "dK store");
+        const bool dv_ok = hooks->global_write(o.dv + at, 8, "dV store");
+        if (!dk_ok || !dv_ok) continue;
+      }
       o.dk[at] = o.accumulate ? o.dk[at] + k0[l] : k0[l];
       o.dk[at + 1] = o.accumulate ? o.dk[at + 1] + k1[l] : k1[l];
       o.dv[at] = o.accumulate ? o.dv[at] + v0[l] : v0[l];
@@ -357,6 +379,7 @@ class HostWarp {
   long bad_addresses = 0;    ///< rows outside the arena or not 16-byte aligned
   long store_phases = 0;     ///< 32-bit shared stores issued (one per warp-wide sts_u32)
   long store_conflicts = 0;  ///< of those, stores whose 32 lanes did not hit 32 distinct banks
+  WarpHooks* hooks = nullptr;  ///< set inside an emulated CTA (cta_emulator.hpp)
 
  private:
   template <class Fn>
@@ -380,6 +403,7 @@ class HostWarp {
           p = arena_;  // keep going on valid memory; the test fails on bad_addresses
         }
         row_ptr[row] = p;
+        if (hooks != nullptr) hooks->smem_read(p, 16, -1, trans ? "ldmatrix.trans" : "ldmatrix");
         const unsigned g = 1u << mma::bank_group((p - arena_) * 2);
         conflict = conflict || (groups & g) != 0;
         groups |= g;
