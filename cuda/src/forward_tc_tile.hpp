@@ -63,17 +63,23 @@ struct MaskParams {
   int seq_kv = 0;
 };
 
-/// The mask of a resolved launch (detail::FwdLaunch or BwdLaunch: the same field names).
-template <class Launch>
-MaskParams mask_params(const Launch& a) {
+/// The mask of anything with a launch's position fields (causal, q_offset, q_stride, k_offset,
+/// k_stride) for @p seq_kv keys.
+template <class Positions>
+MaskParams mask_params(const Positions& a, std::int64_t seq_kv) {
   MaskParams m;
   m.causal = a.causal;
   m.q_offset = a.q_offset;
   m.q_stride = a.q_stride;
   m.k_offset = a.k_offset;
   m.k_stride = a.k_stride;
-  m.seq_kv = static_cast<int>(a.seq_kv);
+  m.seq_kv = static_cast<int>(seq_kv);
   return m;
+}
+/// The mask of a resolved launch (detail::FwdLaunch or BwdLaunch: the same field names).
+template <class Launch>
+MaskParams mask_params(const Launch& a) {
+  return mask_params(a, a.seq_kv);
 }
 
 /// The last key index query row @p row may see, -1 when none: key j is visible iff j < S_kv

@@ -317,8 +317,8 @@ class CtaRun {
     }
   }
 
-  // Checks a write (a store, or a cp.async at issue) by thread @p tid of @p warp.
-  void check_write(int warp, int tid, std::size_t x, bool async, const char* what) {
+  // Checks a write (a store, or a cp.async at issue) by a thread of @p warp.
+  void check_write(int warp, std::size_t x, bool async, const char* what) {
     Shadow& s = shadow_[x];
     if (s.pending >= 0) {
       race(what, x, "writes a word thread " + std::to_string(s.pending) + "'s cp.async may still be writing");
@@ -330,13 +330,12 @@ class CtaRun {
         race(what, x, "overwrites a word warp " + std::to_string(r) + " read with no barrier between");
       }
     }
-    (void)tid;
   }
 
   void write(int warp, int tid, const void* p, std::size_t bytes, const char* what) {
     const std::size_t w0 = word_of(p, bytes, what);
     for (std::size_t x = w0; x < std::min(smem_.size(), w0 + bytes / 2); ++x) {
-      check_write(warp, tid, x, false, what);
+      check_write(warp, x, false, what);
       shadow_[x].writer = tid;
       shadow_[x].write_epoch = epoch_;
     }
@@ -360,7 +359,7 @@ class CtaRun {
     const std::size_t w0 = word_of(dst, static_cast<std::size_t>(bytes), what);
     if (w0 >= smem_.size()) return;
     for (std::size_t x = w0; x < w0 + static_cast<std::size_t>(bytes) / 2; ++x) {
-      check_write(warp, tid, x, true, what);
+      check_write(warp, x, true, what);
       shadow_[x].pending = tid;
     }
     open_[static_cast<std::size_t>(tid)].push_back({w0, static_cast<const std::byte*>(src), bytes, src_bytes});

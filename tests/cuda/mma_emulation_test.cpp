@@ -563,12 +563,7 @@ CtaResult run_ctas(const CtaCase& c, const std::vector<std::uint16_t>& q, const 
   p.heads_q = static_cast<int>(s.heads_q);
   p.heads_kv = static_cast<int>(s.heads_kv);
   p.group = p.heads_q / p.heads_kv;
-  p.mask.causal = c.causal;
-  p.mask.q_offset = c.q_offset;
-  p.mask.q_stride = c.q_stride;
-  p.mask.k_offset = c.k_offset;
-  p.mask.k_stride = c.k_stride;
-  p.mask.seq_kv = static_cast<int>(s.seq_kv);
+  p.mask = tc::mask_params(c, s.seq_kv);
   p.scale_log2 = static_cast<float>(static_cast<double>(scale) * tc::kLog2e);
 
   GlobalMap globals;
