@@ -1,6 +1,8 @@
 // Device helpers the kernels of cuda/ share: element conversions (every kernel reads its dtype and
-// computes in float32), an 8-element vector load, indexing of BSHD tensors, and the host-side
-// dispatch from a runtime DType / head dim to a template instance.
+// computes in float32), an 8-element vector load, indexing of BSHD tensors, the host-side
+// dispatch from a runtime DType / head dim to a template instance, and the stream launcher.
+// Everything but StreamLauncher also compiles with the host compiler (the CUDA headers give
+// host versions of the conversions), so the CPU emulation in tests/cuda runs the kernels on it.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -8,6 +10,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <string>
 #include <type_traits>
 
 #include "launch.hpp"
@@ -121,5 +124,31 @@ void dispatch_bucket(int bucket, F&& f) {
     default: fail("internal: no kernel instance for head-dim bucket ", bucket);
   }
 }
+
+// ---- launchers: how the kernel headers' run_* functions launch ----------------------------------
+//
+// Each SIMT kernel's header (forward_simple.cuh, ...) holds its kernels and a run_* function that
+// picks the template instance and the grid and launches through a launcher, called as
+//   launch("kernel name", kernel, grid, block, args...)
+// On the GPU that is StreamLauncher below; tests/cuda/simt_emulator.hpp's SimtLauncher runs the
+// same run_* functions, and the same kernels compiled for the host, on the CPU.
+
+#if defined(__CUDACC__)
+/// Queues kernel<<<grid, block, 0, stream>>>(args...) and checks the launch (a bad configuration
+/// shows up here; a fault inside the kernel at the next synchronizing call).
+struct StreamLauncher {
+  cudaStream_t stream = nullptr;
+
+  template <class... P, class... A>
+  void operator()(const char* name, void (*kernel)(P...), unsigned grid, unsigned block, A&&... args) const {
+    static_assert(sizeof...(P) == sizeof...(A), "kernel arguments");
+    kernel<<<grid, block, 0, stream>>>(static_cast<P>(args)...);
+    const cudaError_t status = cudaGetLastError();
+    if (status != cudaSuccess) {
+      check_cuda(static_cast<int>(status), (std::string("launch of ") + name).c_str(), __FILE__, __LINE__);
+    }
+  }
+};
+#endif
 
 }  // namespace ringattn::cuda::detail
