@@ -63,8 +63,6 @@ Tensor<double> from_device(const rc::DeviceBuffer& buf, rc::DType dt, const std:
 
 // ---- forward --------------------------------------------------------------------------------
 
-using FwdParam = std::tuple<rc::Kernel, rc::DType, bool /*out in input dtype*/, FwdCase>;
-
 class Forward : public ::testing::TestWithParam<FwdParam> {};
 
 TEST_P(Forward, MatchesFloat64Reference) {
@@ -116,45 +114,16 @@ TEST_P(Forward, MatchesFloat64Reference) {
 
   const Tensor<double> out = from_device(dout, out_dt, s.q_shape());
   const Tensor<double> lse = from_device(dlse, rc::DType::F32, s.lse_shape());
-  const ref::ForwardResult<double> want = reference_forward(q, k, v, m);
-  const double logit = max_logit(q, k, m.scale);
-
-  std::int64_t empty = 0;
-  EXPECT_TRUE(ringattn::test::EmptyRowsExact(out, lse, want.lse, &empty));
-  if (c.name.find("empty") != std::string::npos || c.name == "zigzag_q_before_k") {
+  const std::int64_t empty = expect_forward_matches(out, lse, q, k, v, m, dt, out_dt);
+  if (has_empty_rows(c)) {
     EXPECT_GT(empty, 0) << "the case is meant to have rows that see no key";
   }
-  const auto lse_tol = fp32_tolerance(1.0, logit);
-  EXPECT_TRUE(ringattn::test::AllClose(lse, want.lse, lse_tol.atol * (1.0 + max_abs(want.lse)), lse_tol.rtol));
-  if (out_dt == rc::DType::F32) {
-    const auto tol = fp32_tolerance(max_abs(want.out), logit);
-    EXPECT_TRUE(ringattn::test::AllClose(out, want.out, tol.atol, tol.rtol));
-  } else {
-    EXPECT_TRUE(FlashCriterion(out, lowp_naive_forward(q, k, v, dt, m), want.out, dt));
-  }
 }
 
-std::vector<FwdParam> forward_params() {
-  std::vector<FwdParam> ps;
-  for (rc::Kernel kernel : {rc::Kernel::Simple, rc::Kernel::Tiled, rc::Kernel::TensorCore, rc::Kernel::Auto}) {
-    for (rc::DType dt : {rc::DType::F32, rc::DType::F16, rc::DType::BF16}) {
-      for (bool same : {false, true}) {
-        if (dt == rc::DType::F32 && same) continue;  // fp32 out is the same thing
-        for (const FwdCase& c : forward_cases()) ps.emplace_back(kernel, dt, same, c);
-      }
-    }
-  }
-  return ps;
-}
-
-std::string forward_name(const ::testing::TestParamInfo<FwdParam>& i) {
-  const auto& [kernel, dt, same, c] = i.param;
-  std::string k(rc::to_string(kernel));
-  std::replace(k.begin(), k.end(), '-', '_');
-  return k + "_" + dtype_name(dt) + (same ? "_out" + dtype_name(dt) : std::string("_outfp32")) + "_" + c.name;
-}
-
-INSTANTIATE_TEST_SUITE_P(Kernels, Forward, ::testing::ValuesIn(forward_params()), forward_name);
+INSTANTIATE_TEST_SUITE_P(Kernels, Forward,
+                         ::testing::ValuesIn(forward_params({rc::Kernel::Simple, rc::Kernel::Tiled,
+                                                             rc::Kernel::TensorCore, rc::Kernel::Auto})),
+                         forward_name);
 
 TEST(ForwardStream, RunsOnTheGivenStream) {
   RINGATTN_SKIP_WITHOUT_GPU();
@@ -188,8 +157,6 @@ TEST(ForwardStream, RunsOnTheGivenStream) {
 }
 
 // ---- backward -------------------------------------------------------------------------------
-
-using BwdParam = std::tuple<rc::DType, bool /*accumulate*/, FwdCase>;
 
 class Backward : public ::testing::TestWithParam<BwdParam> {};
 
@@ -253,26 +220,10 @@ TEST_P(Backward, MatchesFloat64ReferenceOnTheSameInputs) {
   const Tensor<double> out = from_device(d_o, dt, s.q_shape());
   const Tensor<double> lse = from_device(d_lse, rc::DType::F32, s.lse_shape());
   const Tensor<double> delta = from_device(d_delta, rc::DType::F32, s.lse_shape());
-  // The reference, from the same O and LSE.
-  const Tensor<double> want_delta = ref::softmax_delta(out, dO);
-  ref::Gradients<double> want{dq0, dk0, dv0};
-  ref::block_backward<double>(ringattn::seq_view(q), ringattn::seq_view(k), ringattn::seq_view(v),
-                              ringattn::seq_view(dO), ringattn::lse_view(lse), ringattn::lse_view(want_delta),
-                              kernel_args(m), ringattn::seq_view(want.dq), ringattn::seq_view(want.dk),
-                              ringattn::seq_view(want.dv));
-  const double logit = max_logit(q, k, m.scale);
-  const auto dtol = fp32_tolerance(max_abs(want_delta), 0.0);
-  EXPECT_TRUE(ringattn::test::AllClose(delta, want_delta, dtol.atol, dtol.rtol)) << "D = rowsum(dO * O)";
-  const struct {
-    const char* name;
-    const rc::DeviceBuffer& buf;
-    const Tensor<double>& want;
-  } grads[] = {{"dQ", d_dq, want.dq}, {"dK", d_dk, want.dk}, {"dV", d_dv, want.dv}};
-  for (const auto& g : grads) {
-    const Tensor<double> got = from_device(g.buf, rc::DType::F32, g.want.shape());
-    const auto tol = fp32_tolerance(max_abs(g.want), logit, 3e-5);  // five chained products: more room
-    EXPECT_TRUE(ringattn::test::AllClose(got, g.want, tol.atol, tol.rtol)) << g.name;
-  }
+  expect_simple_backward_matches(q, k, v, dO, out, lse, m, {dq0, dk0, dv0}, delta,
+                                 {from_device(d_dq, rc::DType::F32, s.q_shape()),
+                                  from_device(d_dk, rc::DType::F32, s.kv_shape()),
+                                  from_device(d_dv, rc::DType::F32, s.kv_shape())});
 
   // compute_delta = false reads D instead of writing it: same gradients, D untouched.
   const rc::DeviceBuffer d_dq2 = poisoned(rc::DType::F32, q.size());
@@ -292,21 +243,6 @@ TEST_P(Backward, MatchesFloat64ReferenceOnTheSameInputs) {
   for (std::int64_t n = 0; n < got_dq.size(); ++n) {  // dq1 = dq0 + dQ (accumulate) or dQ
     ASSERT_NEAR(got_dq[n] + (accumulate ? dq0[n] : 0.0), got_dq1[n], 1e-5 * (1.0 + std::fabs(got_dq1[n]))) << n;
   }
-}
-
-std::vector<BwdParam> backward_params() {
-  std::vector<BwdParam> ps;
-  for (rc::DType dt : {rc::DType::F32, rc::DType::F16, rc::DType::BF16}) {
-    for (bool acc : {false, true}) {
-      for (const FwdCase& c : simple_backward_cases()) ps.emplace_back(dt, acc, c);
-    }
-  }
-  return ps;
-}
-
-std::string backward_name(const ::testing::TestParamInfo<BwdParam>& i) {
-  const auto& [dt, acc, c] = i.param;
-  return dtype_name(dt) + (acc ? "_accumulate_" : "_overwrite_") + c.name;
 }
 
 INSTANTIATE_TEST_SUITE_P(Simple, Backward, ::testing::ValuesIn(backward_params()), backward_name);
@@ -547,8 +483,6 @@ INSTANTIATE_TEST_SUITE_P(Shapes, Merge,
 
 // ---- decode ---------------------------------------------------------------------------------
 
-using DecodeParam = std::tuple<rc::DType, bool /*out in input dtype*/, std::int64_t /*splits; 0: S_kv + 5*/, FwdCase>;
-
 class Decode : public ::testing::TestWithParam<DecodeParam> {};
 
 TEST_P(Decode, MatchesFloat64Reference) {
@@ -584,37 +518,7 @@ TEST_P(Decode, MatchesFloat64Reference) {
 
   const Tensor<double> out = from_device(d_o, out_dt, s.q_shape());
   const Tensor<double> lse = from_device(d_lse, rc::DType::F32, s.lse_shape());
-  const ref::ForwardResult<double> want = reference_forward(q, k, v, m);
-  const double logit = max_logit(q, k, m.scale);
-  EXPECT_TRUE(ringattn::test::EmptyRowsExact(out, lse, want.lse));
-  const auto lse_tol = fp32_tolerance(1.0, logit);
-  EXPECT_TRUE(ringattn::test::AllClose(lse, want.lse, lse_tol.atol * (1.0 + max_abs(want.lse)), lse_tol.rtol));
-  if (out_dt == rc::DType::F32) {
-    const auto tol = fp32_tolerance(max_abs(want.out), logit);
-    EXPECT_TRUE(ringattn::test::AllClose(out, want.out, tol.atol, tol.rtol));
-  } else {
-    EXPECT_TRUE(FlashCriterion(out, lowp_naive_forward(q, k, v, dt, m), want.out, dt));
-  }
-}
-
-
-std::vector<DecodeParam> decode_params() {
-  std::vector<DecodeParam> ps;
-  for (rc::DType dt : {rc::DType::F32, rc::DType::F16, rc::DType::BF16}) {
-    for (bool same : {false, true}) {
-      if (dt == rc::DType::F32 && same) continue;
-      for (std::int64_t splits : {1, 3, 16, 0}) {
-        for (const FwdCase& c : decode_cases()) ps.emplace_back(dt, same, splits, c);
-      }
-    }
-  }
-  return ps;
-}
-
-std::string decode_name(const ::testing::TestParamInfo<DecodeParam>& i) {
-  const auto& [dt, same, splits, c] = i.param;
-  return dtype_name(dt) + (same ? "_out" + dtype_name(dt) : std::string("_outfp32")) +
-         (splits > 0 ? "_splits" + std::to_string(splits) : std::string("_splitsSkvPlus5")) + "_" + c.name;
+  expect_forward_matches(out, lse, q, k, v, m, dt, out_dt);
 }
 
 INSTANTIATE_TEST_SUITE_P(Splits, Decode, ::testing::ValuesIn(decode_params()), decode_name);

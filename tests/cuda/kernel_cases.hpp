@@ -24,6 +24,7 @@
 #include <ostream>
 #include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "common/check.hpp"
@@ -384,6 +385,127 @@ inline MergeInputs merge_inputs(const ShapeCase& s, std::mt19937_64& rng) {
     }
   }
   return in;
+}
+
+// ---- the checks every forward-like and backward test makes ---------------------------------------
+
+// A forward's O (in @p out_dt) and LSE against the float64 reference on the same inputs: rows that
+// see no key exactly O = 0, LSE = -inf; LSE by the float32 tolerance; O by it too (fp32 out) or
+// by flash-attention's criterion (16-bit out). Returns how many rows saw no key.
+inline std::int64_t expect_forward_matches(const Tensor<double>& out, const Tensor<double>& lse, const Tensor<double>& q,
+                                           const Tensor<double>& k, const Tensor<double>& v, const Mask& m,
+                                           rc::DType dt, rc::DType out_dt) {
+  const ref::ForwardResult<double> want = reference_forward(q, k, v, m);
+  const double logit = max_logit(q, k, m.scale);
+  std::int64_t empty = 0;
+  EXPECT_TRUE(ringattn::test::EmptyRowsExact(out, lse, want.lse, &empty));
+  const auto lse_tol = fp32_tolerance(1.0, logit);
+  EXPECT_TRUE(ringattn::test::AllClose(lse, want.lse, lse_tol.atol * (1.0 + max_abs(want.lse)), lse_tol.rtol));
+  if (out_dt == rc::DType::F32) {
+    const auto tol = fp32_tolerance(max_abs(want.out), logit);
+    EXPECT_TRUE(ringattn::test::AllClose(out, want.out, tol.atol, tol.rtol));
+  } else {
+    EXPECT_TRUE(FlashCriterion(out, lowp_naive_forward(q, k, v, dt, m), want.out, dt));
+  }
+  return empty;
+}
+
+// Whether forward case @p c is meant to have rows that see no key.
+inline bool has_empty_rows(const FwdCase& c) {
+  return c.name.find("empty") != std::string::npos || c.name == "zigzag_q_before_k";
+}
+
+// The simple backward's D and gradients against the float64 reference on exactly the inputs it
+// was given (O in the input dtype and the forward's LSE; the gradients started from @p start when
+// accumulating, zeros otherwise), by the float32 tolerance.
+inline void expect_simple_backward_matches(const Tensor<double>& q, const Tensor<double>& k, const Tensor<double>& v,
+                                           const Tensor<double>& dO, const Tensor<double>& out,
+                                           const Tensor<double>& lse, const Mask& m,
+                                           const ref::Gradients<double>& start, const Tensor<double>& delta,
+                                           const ref::Gradients<double>& got) {
+  const Tensor<double> want_delta = ref::softmax_delta(out, dO);
+  ref::Gradients<double> want = start;
+  ref::block_backward<double>(ringattn::seq_view(q), ringattn::seq_view(k), ringattn::seq_view(v),
+                              ringattn::seq_view(dO), ringattn::lse_view(lse), ringattn::lse_view(want_delta),
+                              kernel_args(m), ringattn::seq_view(want.dq), ringattn::seq_view(want.dk),
+                              ringattn::seq_view(want.dv));
+  const double logit = max_logit(q, k, m.scale);
+  const auto dtol = fp32_tolerance(max_abs(want_delta), 0.0);
+  EXPECT_TRUE(ringattn::test::AllClose(delta, want_delta, dtol.atol, dtol.rtol)) << "D = rowsum(dO * O)";
+  const struct {
+    const char* name;
+    const Tensor<double>& got;
+    const Tensor<double>& want;
+  } grads[] = {{"dQ", got.dq, want.dq}, {"dK", got.dk, want.dk}, {"dV", got.dv, want.dv}};
+  for (const auto& g : grads) {
+    const auto tol = fp32_tolerance(max_abs(g.want), logit, 3e-5);  // five chained products: more room
+    EXPECT_TRUE(ringattn::test::AllClose(g.got, g.want, tol.atol, tol.rtol)) << g.name;
+  }
+}
+
+// ---- parameter tables -------------------------------------------------------------------------
+
+// Forward: kernel x input dtype x output dtype (fp32, or the input's) x forward_cases().
+using FwdParam = std::tuple<rc::Kernel, rc::DType, bool /*out in input dtype*/, FwdCase>;
+
+inline std::vector<FwdParam> forward_params(const std::vector<rc::Kernel>& kernels) {
+  std::vector<FwdParam> ps;
+  for (rc::Kernel kernel : kernels) {
+    for (rc::DType dt : {rc::DType::F32, rc::DType::F16, rc::DType::BF16}) {
+      for (bool same : {false, true}) {
+        if (dt == rc::DType::F32 && same) continue;  // fp32 out is the same thing
+        for (const FwdCase& c : forward_cases()) ps.emplace_back(kernel, dt, same, c);
+      }
+    }
+  }
+  return ps;
+}
+
+inline std::string forward_name(const ::testing::TestParamInfo<FwdParam>& i) {
+  const auto& [kernel, dt, same, c] = i.param;
+  std::string k(rc::to_string(kernel));
+  std::replace(k.begin(), k.end(), '-', '_');
+  return k + "_" + dtype_name(dt) + (same ? "_out" + dtype_name(dt) : std::string("_outfp32")) + "_" + c.name;
+}
+
+// Simple backward: input dtype x accumulate x simple_backward_cases().
+using BwdParam = std::tuple<rc::DType, bool /*accumulate*/, FwdCase>;
+
+inline std::vector<BwdParam> backward_params() {
+  std::vector<BwdParam> ps;
+  for (rc::DType dt : {rc::DType::F32, rc::DType::F16, rc::DType::BF16}) {
+    for (bool acc : {false, true}) {
+      for (const FwdCase& c : simple_backward_cases()) ps.emplace_back(dt, acc, c);
+    }
+  }
+  return ps;
+}
+
+inline std::string backward_name(const ::testing::TestParamInfo<BwdParam>& i) {
+  const auto& [dt, acc, c] = i.param;
+  return dtype_name(dt) + (acc ? "_accumulate_" : "_overwrite_") + c.name;
+}
+
+// Decode: input dtype x output dtype x splits (1, 3, 16 and S_kv + 5, written 0) x decode_cases().
+using DecodeParam = std::tuple<rc::DType, bool /*out in input dtype*/, std::int64_t /*splits; 0: S_kv + 5*/, FwdCase>;
+
+inline std::vector<DecodeParam> decode_params() {
+  std::vector<DecodeParam> ps;
+  for (rc::DType dt : {rc::DType::F32, rc::DType::F16, rc::DType::BF16}) {
+    for (bool same : {false, true}) {
+      if (dt == rc::DType::F32 && same) continue;
+      for (std::int64_t splits : {1, 3, 16, 0}) {
+        for (const FwdCase& c : decode_cases()) ps.emplace_back(dt, same, splits, c);
+      }
+    }
+  }
+  return ps;
+}
+
+inline std::string decode_name(const ::testing::TestParamInfo<DecodeParam>& i) {
+  const auto& [dt, same, splits, c] = i.param;
+  return dtype_name(dt) + (same ? "_out" + dtype_name(dt) : std::string("_outfp32")) +
+         (splits > 0 ? "_splits" + std::to_string(splits) : std::string("_splitsSkvPlus5")) + "_" + c.name;
 }
 
 }  // namespace ringattn::test::kernel_cases

@@ -130,8 +130,6 @@ ringattn::cuda::ForwardArgs forward_args(const ShapeCase& s, rc::DType dt, rc::D
 
 // ---- forward ----------------------------------------------------------------------------------
 
-using FwdParam = std::tuple<rc::Kernel, rc::DType, bool /*out in input dtype*/, FwdCase>;
-
 class ForwardEmulated : public ::testing::TestWithParam<FwdParam> {};
 
 TEST_P(ForwardEmulated, MatchesFloat64ReferenceInEverySchedule) {
@@ -178,47 +176,16 @@ TEST_P(ForwardEmulated, MatchesFloat64ReferenceInEverySchedule) {
 
   const Tensor<double> out = tensor(outs[0], s.q_shape());
   const Tensor<double> lse = tensor(outs[1], s.lse_shape());
-  const ref::ForwardResult<double> want = reference_forward(q, k, v, m);
-  const double logit = max_logit(q, k, m.scale);
-  std::int64_t empty = 0;
-  EXPECT_TRUE(ringattn::test::EmptyRowsExact(out, lse, want.lse, &empty));
-  if (c.name.find("empty") != std::string::npos || c.name == "zigzag_q_before_k") {
+  const std::int64_t empty = expect_forward_matches(out, lse, q, k, v, m, dt, out_dt);
+  if (has_empty_rows(c)) {
     EXPECT_GT(empty, 0) << "the case is meant to have rows that see no key";
   }
-  const auto lse_tol = fp32_tolerance(1.0, logit);
-  EXPECT_TRUE(ringattn::test::AllClose(lse, want.lse, lse_tol.atol * (1.0 + max_abs(want.lse)), lse_tol.rtol));
-  if (out_dt == rc::DType::F32) {
-    const auto tol = fp32_tolerance(max_abs(want.out), logit);
-    EXPECT_TRUE(ringattn::test::AllClose(out, want.out, tol.atol, tol.rtol));
-  } else {
-    EXPECT_TRUE(FlashCriterion(out, lowp_naive_forward(q, k, v, dt, m), want.out, dt));
-  }
 }
 
-std::vector<FwdParam> forward_params() {
-  std::vector<FwdParam> ps;
-  for (rc::Kernel kernel : {rc::Kernel::Simple, rc::Kernel::Tiled}) {
-    for (rc::DType dt : {rc::DType::F32, rc::DType::F16, rc::DType::BF16}) {
-      for (bool same : {false, true}) {
-        if (dt == rc::DType::F32 && same) continue;  // fp32 out is the same thing
-        for (const FwdCase& c : forward_cases()) ps.emplace_back(kernel, dt, same, c);
-      }
-    }
-  }
-  return ps;
-}
-
-std::string forward_name(const ::testing::TestParamInfo<FwdParam>& i) {
-  const auto& [kernel, dt, same, c] = i.param;
-  return std::string(rc::to_string(kernel)) + "_" + dtype_name(dt) +
-         (same ? "_out" + dtype_name(dt) : std::string("_outfp32")) + "_" + c.name;
-}
-
-INSTANTIATE_TEST_SUITE_P(Kernels, ForwardEmulated, ::testing::ValuesIn(forward_params()), forward_name);
+INSTANTIATE_TEST_SUITE_P(Kernels, ForwardEmulated,
+                         ::testing::ValuesIn(forward_params({rc::Kernel::Simple, rc::Kernel::Tiled})), forward_name);
 
 // ---- backward (simple) ------------------------------------------------------------------------
-
-using BwdParam = std::tuple<rc::DType, bool /*accumulate*/, FwdCase>;
 
 class BackwardEmulated : public ::testing::TestWithParam<BwdParam> {};
 
@@ -293,23 +260,9 @@ TEST_P(BackwardEmulated, MatchesFloat64ReferenceInEverySchedule) {
 
   const Tensor<double> out = tensor(ho, s.q_shape());
   const Tensor<double> lse = tensor(hlse, s.lse_shape());
-  const Tensor<double> delta = tensor(outs[0], s.lse_shape());
-  const Tensor<double> want_delta = ref::softmax_delta(out, dO);
-  ref::Gradients<double> want{dq0, dk0, dv0};
-  ref::block_backward<double>(ringattn::seq_view(q), ringattn::seq_view(k), ringattn::seq_view(v),
-                              ringattn::seq_view(dO), ringattn::lse_view(lse), ringattn::lse_view(want_delta),
-                              kernel_args(m), ringattn::seq_view(want.dq), ringattn::seq_view(want.dk),
-                              ringattn::seq_view(want.dv));
-  const double logit = max_logit(q, k, m.scale);
-  const auto dtol = fp32_tolerance(max_abs(want_delta), 0.0);
-  EXPECT_TRUE(ringattn::test::AllClose(delta, want_delta, dtol.atol, dtol.rtol)) << "D = rowsum(dO * O)";
-  const Tensor<double>* wants[] = {&want.dq, &want.dk, &want.dv};
-  const char* names[] = {"dQ", "dK", "dV"};
-  for (int g = 0; g < 3; ++g) {
-    const Tensor<double> got = tensor(outs[static_cast<std::size_t>(g + 1)], wants[g]->shape());
-    const auto tol = fp32_tolerance(max_abs(*wants[g]), logit, 3e-5);
-    EXPECT_TRUE(ringattn::test::AllClose(got, *wants[g], tol.atol, tol.rtol)) << names[g];
-  }
+  expect_simple_backward_matches(q, k, v, dO, out, lse, m, {dq0, dk0, dv0}, tensor(outs[0], s.lse_shape()),
+                                 {tensor(outs[1], s.q_shape()), tensor(outs[2], s.kv_shape()),
+                                  tensor(outs[3], s.kv_shape())});
 
   // compute_delta = false reads D instead of writing it: the same gradients, D untouched.
   HostBuf delta_in = outs[0];
@@ -331,21 +284,6 @@ TEST_P(BackwardEmulated, MatchesFloat64ReferenceInEverySchedule) {
   for (std::int64_t n = 0; n < got_dq.size(); ++n) {  // dq1 = dq0 + dQ (accumulate) or dQ
     ASSERT_NEAR(got_dq[n] + (accumulate ? dq0[n] : 0.0), got_dq1[n], 1e-5 * (1.0 + std::fabs(got_dq1[n]))) << n;
   }
-}
-
-std::vector<BwdParam> backward_params() {
-  std::vector<BwdParam> ps;
-  for (rc::DType dt : {rc::DType::F32, rc::DType::F16, rc::DType::BF16}) {
-    for (bool acc : {false, true}) {
-      for (const FwdCase& c : simple_backward_cases()) ps.emplace_back(dt, acc, c);
-    }
-  }
-  return ps;
-}
-
-std::string backward_name(const ::testing::TestParamInfo<BwdParam>& i) {
-  const auto& [dt, acc, c] = i.param;
-  return dtype_name(dt) + (acc ? "_accumulate_" : "_overwrite_") + c.name;
 }
 
 INSTANTIATE_TEST_SUITE_P(Simple, BackwardEmulated, ::testing::ValuesIn(backward_params()), backward_name);
@@ -382,8 +320,6 @@ INSTANTIATE_TEST_SUITE_P(Shapes, MergeEmulated, ::testing::ValuesIn(merge_shapes
                          [](const ::testing::TestParamInfo<ShapeCase>& i) { return to_string(i.param); });
 
 // ---- decode -----------------------------------------------------------------------------------
-
-using DecodeParam = std::tuple<rc::DType, bool /*out in input dtype*/, std::int64_t /*splits; 0: S_kv + 5*/, FwdCase>;
 
 class DecodeEmulated : public ::testing::TestWithParam<DecodeParam> {};
 
@@ -424,36 +360,7 @@ TEST_P(DecodeEmulated, MatchesFloat64ReferenceInEverySchedule) {
 
   const Tensor<double> out = tensor(outs[0], s.q_shape());
   const Tensor<double> lse = tensor(outs[1], s.lse_shape());
-  const ref::ForwardResult<double> want = reference_forward(q, k, v, m);
-  const double logit = max_logit(q, k, m.scale);
-  EXPECT_TRUE(ringattn::test::EmptyRowsExact(out, lse, want.lse));
-  const auto lse_tol = fp32_tolerance(1.0, logit);
-  EXPECT_TRUE(ringattn::test::AllClose(lse, want.lse, lse_tol.atol * (1.0 + max_abs(want.lse)), lse_tol.rtol));
-  if (out_dt == rc::DType::F32) {
-    const auto tol = fp32_tolerance(max_abs(want.out), logit);
-    EXPECT_TRUE(ringattn::test::AllClose(out, want.out, tol.atol, tol.rtol));
-  } else {
-    EXPECT_TRUE(FlashCriterion(out, lowp_naive_forward(q, k, v, dt, m), want.out, dt));
-  }
-}
-
-std::vector<DecodeParam> decode_params() {
-  std::vector<DecodeParam> ps;
-  for (rc::DType dt : {rc::DType::F32, rc::DType::F16, rc::DType::BF16}) {
-    for (bool same : {false, true}) {
-      if (dt == rc::DType::F32 && same) continue;
-      for (std::int64_t splits : {1, 3, 16, 0}) {
-        for (const FwdCase& c : decode_cases()) ps.emplace_back(dt, same, splits, c);
-      }
-    }
-  }
-  return ps;
-}
-
-std::string decode_name(const ::testing::TestParamInfo<DecodeParam>& i) {
-  const auto& [dt, same, splits, c] = i.param;
-  return dtype_name(dt) + (same ? "_out" + dtype_name(dt) : std::string("_outfp32")) +
-         (splits > 0 ? "_splits" + std::to_string(splits) : std::string("_splitsSkvPlus5")) + "_" + c.name;
+  expect_forward_matches(out, lse, q, k, v, m, dt, out_dt);
 }
 
 INSTANTIATE_TEST_SUITE_P(Splits, DecodeEmulated, ::testing::ValuesIn(decode_params()), decode_name);
